@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install the Debian packages the integration tests need (test hosts, PostgreSQL, tools).
+# Idempotent: does nothing (and no network) when everything is already installed.
+# Also called by tests/integration/harness when something is missing.
+set -euo pipefail
+
+PACKAGES=(
+  debootstrap        # builds the Debian 12 base root filesystem of the test hosts
+  systemd-container  # systemd-nspawn boots the test hosts
+  nftables           # masquerade so the hosts reach the package mirrors
+  iproute2           # bridge, veth pairs, network namespaces
+  util-linux         # nsenter, mount
+  procps             # pgrep/ps for diagnostics
+  openssh-client     # ssh / ssh-keygen
+  postgresql         # the dedicated PostgreSQL cluster (initdb, pg_ctl)
+  ca-certificates    # CA bundle copied into each host
+)
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-test-deps: must run as root (apt-get install ${PACKAGES[*]})" >&2
+  exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+  [[ $status == installed ]] || missing+=("$pkg")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-test-deps: all present (${#PACKAGES[@]} packages)"
+  exit 0
+fi
+
+echo "install-test-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-test-deps: done"

@@ -1,0 +1,89 @@
+# mlflow-aws: the user interface. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+STACK ?= dev
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export STACK
+# A saved outputs file (air-gapped use) may be given relative to the repo; Ansible runs in ansible/.
+export MLFLOW_AWS_OUTPUTS_FILE := $(if $(MLFLOW_AWS_OUTPUTS_FILE),$(abspath $(MLFLOW_AWS_OUTPUTS_FILE)))
+# Ansible reads ansible.cfg from its working directory: every playbook runs from ansible/.
+ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
+# USER is set by every login shell; only a USER given on the make command line picks a user.
+ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
+
+.PHONY: help infra preview destroy outputs configure rotate credentials demo demo-down \
+	lint test test-unit test-integration molecule bench example clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# --- virtualenvs: created on first use, refreshed when a requirements file changes ---------------
+$(BIN)/.deploy-installed: requirements.txt constraints.txt
+	@test -x $(BIN)/python || { echo ">> creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo ">> installing deploy requirements into $(VENV)"
+	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	@touch $@
+
+$(BIN)/.dev-installed: $(BIN)/.deploy-installed requirements-dev.txt constraints.txt
+	@echo ">> installing test requirements into $(VENV)"
+	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+# --- AWS side (Pulumi) ---------------------------------------------------------------------------
+infra: $(BIN)/.deploy-installed ## Create or update the AWS stack (STACK=dev): pulumi up
+	@$(BIN)/python -m infra.preflight --stack $(STACK)
+	pulumi up --stack $(STACK) --yes
+
+preview: $(BIN)/.deploy-installed ## Show what `make infra` would change, without changing it
+	@$(BIN)/python -m infra.preflight --stack $(STACK)
+	pulumi preview --stack $(STACK) --diff
+
+destroy: $(BIN)/.deploy-installed ## Delete every AWS resource of the stack (RDS keeps a final snapshot)
+	@$(BIN)/python -m infra.preflight --stack $(STACK) --existing
+	pulumi destroy --stack $(STACK)
+
+outputs: $(BIN)/.deploy-installed ## Print the stack outputs (secrets stay hidden)
+	@$(BIN)/python -m infra.preflight --stack $(STACK) --existing --cli-only
+	@pulumi stack output --stack $(STACK) --json
+
+# --- host side (Ansible) -------------------------------------------------------------------------
+configure: $(BIN)/.deploy-installed ## Configure the stack's hosts: MLflow behind TLS + basic auth
+	$(ANSIBLE_PLAYBOOK) site.yml
+
+rotate: $(BIN)/.deploy-installed ## New passwords for all users (or USER=name), applied without downtime
+	@$(BIN)/python -m inventory_plugin.credentials --forget $(if $(ROTATE_USER),--user $(ROTATE_USER),--all-users)
+	$(ANSIBLE_PLAYBOOK) site.yml
+
+credentials: $(BIN)/.deploy-installed ## Print the export lines a client needs (USER=name for another user)
+	@$(BIN)/python -m inventory_plugin.credentials $(if $(ROTATE_USER),--user $(ROTATE_USER),)
+
+# --- trying it without AWS -----------------------------------------------------------------------
+demo: $(BIN)/.dev-installed ## Local demo (Linux, root): a test host with the whole stack, configured
+	@$(BIN)/python -m tests.integration.demo up
+
+demo-down: $(BIN)/.dev-installed ## Remove everything `make demo` created
+	@$(BIN)/python -m tests.integration.demo down
+
+# --- quality -------------------------------------------------------------------------------------
+lint: $(BIN)/.dev-installed ## ruff, yamllint and ansible-lint (production profile)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/yamllint --strict .
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/ansible-lint --offline
+
+test-unit: $(BIN)/.dev-installed ## Unit tests only (no root, about a minute)
+	$(BIN)/pytest tests/unit -q
+
+test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (Linux, root)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m integration
+
+test: lint test-unit test-integration ## Everything CI runs: lint, unit and end-to-end tests
+
+molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, verify on a test host
+	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" molecule test
+
+clean: ## Remove caches (keeps .venv and .credentials)
+	rm -rf .cache .pytest_cache .ruff_cache

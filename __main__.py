@@ -1,0 +1,15 @@
+"""Pulumi entry point: validate the settings, declare the stack, export its outputs."""
+
+import pulumi
+
+from infra.settings import SettingsError, load_settings
+from infra.stack import build_stack
+
+try:
+    settings = load_settings()
+except SettingsError as err:
+    # RunError: Pulumi prints the message alone, without a Python traceback.
+    raise pulumi.RunError(f"invalid stack configuration: {err}") from None
+
+for name, value in build_stack(settings).outputs.items():
+    pulumi.export(name, value)

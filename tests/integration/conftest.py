@@ -1,0 +1,50 @@
+"""Fixtures for end-to-end tests on real Debian 12 hosts (see tests/integration/harness).
+
+`testbed` (session): 2 booted hosts + PostgreSQL + moto S3 + outputs.json, torn down at the
+end. It FAILS (never skips) when this machine cannot run test hosts, naming what is missing.
+
+Environment knobs:
+- MLFLOW_AWS_TESTBED_DIR: state dir (default <repo>/.cache/testhosts-pytest, so a bed
+  brought up by hand with the CLI in <repo>/.cache/testhosts is never touched; while such a
+  bed is up the fixture fails, because the addresses are fixed and only one bed can run).
+- MLFLOW_AWS_TESTBED_KEEP=1: leave the bed up after the session; the next session reuses it
+  (seconds instead of a fresh boot). `python -m tests.integration.harness down --state-dir
+  DIR` removes it.
+Note: test_harness.py::test_down_leaves_nothing_behind takes the bed down and brings it up
+again with fresh hosts; tests must not rely on host state from another test module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import HarnessError, Testbed
+from tests.integration.harness.deps import missing_prerequisites
+from tests.integration.harness.util import REPO_ROOT
+
+HOST_COUNT = 2
+DEFAULT_DIR = REPO_ROOT / ".cache" / "testhosts-pytest"
+
+
+def testbed_state_dir() -> Path:
+    return Path(os.environ.get("MLFLOW_AWS_TESTBED_DIR") or DEFAULT_DIR)
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[Testbed]:
+    """The running test bed: `.hosts`, `.outputs_file`, `.state_dir`, `.query()`, ..."""
+    problems = missing_prerequisites()
+    if problems:
+        pytest.fail("integration tests need: " + "; ".join(problems), pytrace=False)
+    bed = Testbed(testbed_state_dir())
+    try:
+        bed.up(HOST_COUNT, replace=True)
+    except HarnessError as error:
+        pytest.fail(f"test bed did not come up: {error}", pytrace=False)
+    yield bed
+    if os.environ.get("MLFLOW_AWS_TESTBED_KEEP") != "1":
+        bed.down()

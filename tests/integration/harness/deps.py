@@ -1,0 +1,83 @@
+"""Machine prerequisites: root, kernel features, and the Debian packages the harness uses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .util import REPO_ROOT, HarnessError, run, say
+
+INSTALL_SCRIPT = REPO_ROOT / ".ci" / "install-test-deps.sh"
+
+# Commands the harness calls; any missing one means .ci/install-test-deps.sh has to run.
+REQUIRED_COMMANDS = (
+    "debootstrap",
+    "systemd-nspawn",
+    "nft",
+    "ip",
+    "nsenter",
+    "ssh",
+    "ssh-keygen",
+    "runuser",
+)
+
+
+def postgres_bindir() -> Path | None:
+    """Directory of the newest installed Debian PostgreSQL server binaries, if any."""
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return candidates[-1].parent if candidates else None
+
+
+def missing_commands() -> list[str]:
+    missing = [cmd for cmd in REQUIRED_COMMANDS if shutil.which(cmd) is None]
+    if postgres_bindir() is None:
+        missing.append("postgresql (initdb)")
+    return missing
+
+
+def kernel_problems() -> list[str]:
+    """Kernel features nspawn hosts need that no package can bring."""
+    problems = []
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        problems.append("overlay filesystem not supported by the kernel (/proc/filesystems)")
+    if not Path("/sys/fs/cgroup").is_dir():
+        problems.append("no cgroup filesystem at /sys/fs/cgroup")
+    if not Path("/proc/self/ns/net").exists():
+        problems.append("no network namespaces (/proc/self/ns/net)")
+    return problems
+
+
+def missing_prerequisites() -> list[str]:
+    """Why this machine cannot run test hosts (empty when it can, maybe after installing)."""
+    if os.geteuid() != 0:
+        return ["root (the harness mounts overlays, creates namespaces and runs systemd-nspawn)"]
+    problems = kernel_problems()
+    if missing_commands() and shutil.which("apt-get") is None:
+        problems.append(f"commands {missing_commands()} and no apt-get to install them")
+    return problems
+
+
+def ensure_packages() -> None:
+    """Install the Debian packages through .ci/install-test-deps.sh when a command is missing."""
+    missing = missing_commands()
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise HarnessError(f"missing {', '.join(missing)}; run as root: sudo bash {INSTALL_SCRIPT}")
+    say(f"missing {', '.join(missing)}: running {INSTALL_SCRIPT}")
+    run(["bash", INSTALL_SCRIPT], capture=False, timeout=900)
+    still = missing_commands()
+    if still:
+        raise HarnessError(f"still missing after {INSTALL_SCRIPT}: {', '.join(still)}")
+
+
+def require_ready() -> None:
+    """Raise with every missing prerequisite named, after installing what packages can fix."""
+    problems = missing_prerequisites()
+    if problems:
+        raise HarnessError("cannot run test hosts here: " + "; ".join(problems))
+    ensure_packages()

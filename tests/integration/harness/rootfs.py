@@ -1,0 +1,226 @@
+"""The Debian 12 base root filesystem every test host boots from (built once, cached).
+
+The cache lives outside the checkout under /var/cache/mlflow-aws-testhosts/<recipe hash>/:
+`rootfs/` is the tree, `complete` is written last, so a half-built tree is never used.
+The recipe hash covers everything that goes into the tree (suite, mirrors, packages,
+files written, commands run): change any of it and the next `up` builds a new base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .util import run, run_with_progress, say
+
+CACHE_ROOT = Path("/var/cache/mlflow-aws-testhosts")
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+MACHINE_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+
+# What a Debian cloud image has that the roles may rely on, plus python3-apt for Ansible's apt.
+INCLUDE = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "python3-apt",
+    "sudo",
+    "iproute2",
+    "ca-certificates",
+    "netbase",
+    "procps",
+    "curl",
+)
+
+ADMIN_USER = "admin"
+
+SSHD_CONFIG = """\
+# Test host: key-only SSH like an EC2 instance.
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+UseDNS no
+"""
+
+# pip inside the hosts uses PyPI over the network (like EC2) and must trust the CA bundle,
+# which may include a TLS-intercepting proxy's CA copied from the machine (see hosts.py).
+PIP_CONF = """\
+[global]
+cert = /etc/ssl/certs/ca-certificates.crt
+"""
+
+
+def machine_mirrors() -> tuple[str, str]:
+    """The Debian and Debian-security mirror URIs the machine itself uses."""
+    mirror, security = DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR
+    for source in MACHINE_SOURCES:
+        if not source.exists():
+            continue
+        for uri in _uris(source.read_text()):
+            if uri.rstrip("/").endswith("debian-security"):
+                security = uri.rstrip("/")
+            elif uri.rstrip("/").endswith("/debian"):
+                mirror = uri.rstrip("/")
+    return mirror, security
+
+
+def _uris(text: str) -> list[str]:
+    uris = []
+    for line in text.splitlines():
+        words = line.split()
+        if line.startswith("URIs:"):
+            uris.extend(words[1:])
+        elif words[:1] == ["deb"]:
+            uris.extend(w for w in words[1:] if "://" in w)
+    return uris
+
+
+def sources_file(mirror: str, security: str) -> str:
+    return (
+        f"Types: deb\nURIs: {mirror}\nSuites: {SUITE} {SUITE}-updates\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        f"Types: deb\nURIs: {security}\nSuites: {SUITE}-security\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+
+
+def recipe_files(mirror: str, security: str) -> dict[str, tuple[str, int]]:
+    """Files written into the base tree: path -> (content, mode)."""
+    return {
+        "etc/apt/sources.list.d/debian.sources": (sources_file(mirror, security), 0o644),
+        "etc/ssh/sshd_config.d/50-testhost.conf": (SSHD_CONFIG, 0o644),
+        f"etc/sudoers.d/90-{ADMIN_USER}": (f"{ADMIN_USER} ALL=(ALL) NOPASSWD:ALL\n", 0o440),
+        "etc/pip.conf": (PIP_CONF, 0o644),
+        "etc/fstab": ("# test host: no block devices\n", 0o644),
+    }
+
+
+# Commands run inside the tree (chroot) after the files above are in place.
+CHROOT_COMMANDS: tuple[tuple[str, ...], ...] = (
+    ("apt-get", "update", "-qq"),
+    ("apt-get", "-y", "-qq", "-o", "Dpkg::Options::=--force-confold", "dist-upgrade"),
+    ("apt-get", "clean"),
+    ("useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", ADMIN_USER),
+    ("install", "-d", "-m", "0700", "-o", ADMIN_USER, "-g", ADMIN_USER, f"/home/{ADMIN_USER}/.ssh"),
+)
+
+
+# Per-host identity is made on first boot (hosts.py); the base must not carry one.
+CLEANUP_PATHS = ("etc/ssh/ssh_host_*", "usr/sbin/policy-rc.d", "var/lib/dbus/machine-id")
+
+
+class BaseImage:
+    """A cached base tree for one recipe; `ensure()` builds it if it is not complete yet."""
+
+    def __init__(self, cache_root: Path = CACHE_ROOT) -> None:
+        self.mirror, self.security = machine_mirrors()
+        self.files = recipe_files(self.mirror, self.security)
+        self.recipe_hash = self._hash()
+        self.cache_root = cache_root
+        self.dir = cache_root / self.recipe_hash
+        self.rootfs = self.dir / "rootfs"
+        self.marker = self.dir / "complete"
+
+    def _hash(self) -> str:
+        recipe = {
+            "suite": SUITE,
+            "mirror": self.mirror,
+            "security": self.security,
+            "include": INCLUDE,
+            "files": self.files,
+            "commands": CHROOT_COMMANDS,
+            "cleanup": CLEANUP_PATHS,
+        }
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+    def is_complete(self) -> bool:
+        return self.marker.exists()
+
+    def ensure(self) -> Path:
+        """Return the rootfs path, building it first when no complete cache exists."""
+        if self.is_complete():
+            return self.rootfs
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        with _lock(self.cache_root / ".lock"):
+            if not self.is_complete():  # another process may have built it meanwhile
+                self._build()
+        return self.rootfs
+
+    def _build(self) -> None:
+        partial = self.cache_root / f"{self.recipe_hash}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)  # an old incomplete attempt
+        tree = partial / "rootfs"
+        tree.mkdir(parents=True)
+        started = time.monotonic()
+        say(f"building Debian 12 base {self.recipe_hash} in {self.cache_root} (about 2 min)")
+        try:
+            self._debootstrap(tree)
+            self._customize(tree)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        took = time.monotonic() - started
+        info = {"recipe": self.recipe_hash, "mirror": self.mirror, "build_seconds": round(took)}
+        (partial / "complete").write_text(json.dumps(info) + "\n")
+        partial.rename(self.dir)
+        say(f"base {self.recipe_hash} built in {took:.0f} s")
+
+    def _debootstrap(self, tree: Path) -> None:
+        say(f"debootstrap {SUITE} from {self.mirror} ...")
+        argv = ["debootstrap", "--variant=minbase", f"--include={','.join(INCLUDE)}"]
+        run_with_progress([*argv, SUITE, tree, self.mirror], "debootstrap")
+
+    def _customize(self, tree: Path) -> None:
+        say("configuring base: sources, upgrades, user admin, sshd ...")
+        (tree / "etc/apt/sources.list").unlink(missing_ok=True)
+        for rel, (content, mode) in self.files.items():
+            path = tree / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+            path.chmod(mode)
+        with _chroot_mounts(tree):
+            for command in CHROOT_COMMANDS:
+                run_with_progress(["chroot", tree, *command], " ".join(command[:2]))
+        for rel in CLEANUP_PATHS:
+            for path in tree.glob(rel):
+                path.unlink()
+        # Empty (not missing) machine-id: each host gets its own on first boot.
+        (tree / "etc/machine-id").write_text("")
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def _chroot_mounts(tree: Path) -> Iterator[None]:
+    """/proc, /sys and /dev for apt's maintainer scripts; services are kept from starting."""
+    policy = tree / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    mounted: list[Path] = []
+    try:
+        for fs, target in (("proc", "proc"), ("sysfs", "sys")):
+            run(["mount", "-t", fs, fs, tree / target])
+            mounted.append(tree / target)
+        run(["mount", "--bind", "/dev", tree / "dev"])
+        mounted.append(tree / "dev")
+        yield
+    finally:
+        for target in reversed(mounted):
+            run(["umount", "--lazy", target], check=False)
+        policy.unlink(missing_ok=True)

@@ -1,0 +1,336 @@
+"""End to end: the real playbook configures two real Debian 12 hosts; the real MLflow client uses them.
+
+Everything goes through each host's public HTTPS address (nginx, TLS, basic auth), as a user's
+training job would: the hosts are systemd-nspawn machines on the test network, PostgreSQL and an
+S3-compatible endpoint (moto) run beside them (see tests/integration/harness).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.harness import Host, Testbed
+from tests.integration.playbook import PlaybookRun, run_playbook
+
+pytestmark = pytest.mark.integration
+
+USERS = ["team", "alice"]
+STACK = "e2e"
+
+
+@dataclass
+class Stack:
+    """A configured test stack: the bed, where its credentials live, and the playbook runs."""
+
+    bed: Testbed
+    credentials_dir: Path
+    users_file: Path
+    cold: PlaybookRun
+    rerun: PlaybookRun
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.credentials_dir / STACK
+
+    def password(self, user: str) -> str:
+        return (self.stack_dir / "users" / f"{user}.password").read_text().strip()
+
+    def cert(self, host: Host) -> Path:
+        return self.stack_dir / f"{host.name}.crt"
+
+    def url(self, host: Host, path: str = "/") -> str:
+        return f"https://{host.ip}{path}"
+
+    def get(self, host: Host, path: str, user: str | None = "team", **kwargs) -> requests.Response:
+        auth = (user, self.password(user)) if user else None
+        return requests.get(
+            self.url(host, path), auth=auth, verify=self.cert(host), timeout=30, **kwargs
+        )
+
+    def configure(self, echo: bool = True) -> PlaybookRun:
+        return run_playbook(
+            self.bed.outputs_file,
+            self.credentials_dir,
+            STACK,
+            ["-e", f"@{self.users_file}"],
+            echo=echo,
+        )
+
+
+@pytest.fixture(scope="session")
+def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """Both hosts configured by a cold run, then a second run (which must change nothing)."""
+    work = tmp_path_factory.mktemp("e2e")
+    credentials_dir = work / "credentials"
+    users_file = work / "users.json"
+    users_file.write_text(json.dumps({"mlflow_users": [{"name": user} for user in USERS]}))
+    configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
+    configured.cold = configured.configure().check()
+    configured.rerun = configured.configure().check()
+    print(f"\ncold converge {configured.cold.seconds:.0f} s, rerun {configured.rerun.seconds:.0f} s")
+    return configured
+
+
+@pytest.fixture
+def mlflow_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Host:
+    """The standard MLflow client variables for user team on the first host."""
+    host = stack.bed.hosts[0]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.url(host).rstrip("/"))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "team")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.password("team"))
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(stack.cert(host)))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return host
+
+
+def wait_serving(stack: Stack, host: Host, timeout: float) -> float:
+    """Seconds until an authenticated API call succeeds again."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if stack.get(host, "/api/2.0/mlflow/experiments/search?max_results=1").ok:
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{host.name} not serving within {timeout} s")
+
+
+# ----- converge --------------------------------------------------------------------------
+
+
+def test_both_hosts_configured_in_one_run(stack: Stack) -> None:
+    assert set(stack.cold.recap) == {host.name for host in stack.bed.hosts}
+    for host in stack.bed.hosts:
+        assert stack.cold.recap[host.name]["failed"] == 0
+        assert stack.get(host, "/api/2.0/mlflow/experiments/search?max_results=1").ok
+
+
+def test_second_run_changes_nothing(stack: Stack) -> None:
+    assert stack.rerun.changed() == {host.name: 0 for host in stack.bed.hosts}
+
+
+def test_playbook_output_shows_no_secret(stack: Stack) -> None:
+    secrets = [stack.password(user) for user in USERS]
+    secrets.append(stack.bed.postgres.password)
+    secrets.append(stack.bed.ssh_key.read_text().splitlines()[1])
+    for run in (stack.cold, stack.rerun):
+        for secret in secrets:
+            assert secret not in run.output
+
+
+def test_generated_passwords_are_long_and_private(stack: Stack) -> None:
+    for user in USERS:
+        path = stack.stack_dir / "users" / f"{user}.password"
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert len(stack.password(user)) >= 32
+    assert (stack.stack_dir / "users").stat().st_mode & 0o077 == 0
+    assert stack.password("team") != stack.password("alice")
+
+
+# ----- the public endpoint ---------------------------------------------------------------
+
+
+def test_no_credentials_is_401(stack: Stack) -> None:
+    response = stack.get(stack.bed.hosts[0], "/api/2.0/mlflow/experiments/search", user=None)
+    assert response.status_code == 401
+
+
+def test_wrong_password_is_401(stack: Stack) -> None:
+    host = stack.bed.hosts[0]
+    response = requests.get(
+        stack.url(host, "/api/2.0/mlflow/experiments/search"),
+        auth=("team", stack.password("team") + "x"),
+        verify=stack.cert(host),
+        timeout=30,
+    )
+    assert response.status_code == 401
+
+
+def test_health_answers_without_auth(stack: Stack) -> None:
+    for host in stack.bed.hosts:
+        response = stack.get(host, "/health", user=None)
+        assert response.status_code == 200
+        assert response.text.strip() == "OK"
+
+
+def test_ui_page_loads(stack: Stack) -> None:
+    response = stack.get(stack.bed.hosts[0], "/")
+    assert response.status_code == 200
+    assert "<title>MLflow</title>" in response.text or "mlflow" in response.text.lower()
+    assert "text/html" in response.headers["Content-Type"]
+
+
+def test_http_redirects_to_https(stack: Stack) -> None:
+    host = stack.bed.hosts[0]
+    response = requests.get(f"http://{host.ip}/#/experiments", allow_redirects=False, timeout=10)
+    assert response.status_code == 301
+    assert response.headers["Location"].startswith(f"https://{host.ip}/")
+
+
+def test_certificate_verifies_with_fetched_file_only(stack: Stack) -> None:
+    host = stack.bed.hosts[0]
+    assert stack.get(host, "/health", user=None).ok
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(stack.url(host, "/health"), timeout=10)
+
+
+def test_mlflow_port_not_reachable_from_outside(stack: Stack) -> None:
+    for host in stack.bed.hosts:
+        with pytest.raises(OSError), socket.create_connection((host.ip, 5000), timeout=3):
+            pass
+        listening = host.run(["ss", "-Hltn", "sport = :5000"]).stdout
+        assert "127.0.0.1:5000" in listening
+        assert "0.0.0.0:5000" not in listening
+
+
+def test_security_headers_and_no_version(stack: Stack) -> None:
+    response = stack.get(stack.bed.hosts[0], "/health", user=None)
+    assert response.headers["Server"] == "nginx"
+    assert "max-age=" in response.headers["Strict-Transport-Security"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# ----- the MLflow client, as a training job uses it ---------------------------------------
+
+
+def test_tracking_workflow_round_trip(stack: Stack, mlflow_env: Host, tmp_path: Path) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"e2e-{time.time_ns()}")
+    run = client.create_run(experiment_id)
+    run_id = run.info.run_id
+    client.log_param(run_id, "learning_rate", "0.01")
+    client.log_param(run_id, "n_estimators", "100")
+    now = int(time.time() * 1000)
+    history = [Metric("loss", 1.0 / (step + 1), now, step) for step in range(1000)]
+    client.log_batch(run_id, metrics=history)
+
+    small = tmp_path / "small.txt"
+    small.write_bytes(os.urandom(512).hex().encode())  # 1 KB
+    large = tmp_path / "model.bin"
+    with large.open("wb") as handle:
+        for _ in range(50):
+            handle.write(os.urandom(1024 * 1024))  # 50 MB
+    client.log_artifact(run_id, str(small))
+    client.log_artifact(run_id, str(large), artifact_path="weights")
+    client.set_terminated(run_id)
+
+    fetched = client.get_run(run_id)
+    assert fetched.data.params == {"learning_rate": "0.01", "n_estimators": "100"}
+    steps = client.get_metric_history(run_id, "loss")
+    assert len(steps) == 1000
+    assert sorted(m.step for m in steps) == list(range(1000))
+    assert {f.path for f in client.list_artifacts(run_id)} == {"small.txt", "weights"}
+
+    download = Path(client.download_artifacts(run_id, "weights/model.bin", str(tmp_path / "dl")))
+    assert hashlib.sha256(download.read_bytes()).digest() == hashlib.sha256(
+        large.read_bytes()
+    ).digest()
+    assert Path(client.download_artifacts(run_id, "small.txt", str(tmp_path / "dl2"))).read_bytes()
+    assert len(small.read_bytes()) == 1024
+
+    keys = stack.bed.list_objects()
+    assert any(key.endswith(f"{run_id}/artifacts/small.txt") for key in keys)
+    assert any(key.endswith(f"{run_id}/artifacts/weights/model.bin") for key in keys)
+    rows = stack.bed.query("SELECT status FROM runs WHERE run_uuid = %s", (run_id,))
+    assert rows == [("FINISHED",)]
+    metric_rows = stack.bed.query(
+        "SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'loss'", (run_id,)
+    )
+    assert metric_rows == [(1000,)]
+
+
+# ----- operations ------------------------------------------------------------------------
+
+
+class Hammer:
+    """Authenticated requests in a loop on a thread, counting every failure."""
+
+    def __init__(self, stack: Stack, host: Host, user: str) -> None:
+        self.stack, self.host, self.user = stack, host, user
+        self.password = stack.password(user)
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        session = requests.Session()
+        session.auth = (self.user, self.password)
+        session.verify = str(self.stack.cert(self.host))
+        url = self.stack.url(self.host, "/api/2.0/mlflow/experiments/search?max_results=1")
+        while not self._stop.is_set():
+            try:
+                response = session.get(url, timeout=30)
+                if response.ok:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"HTTP {response.status_code}")
+            except requests.RequestException as error:
+                self.failures.append(repr(error))
+
+    def __enter__(self) -> Hammer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+@pytest.fixture
+def restore_after(stack: Stack) -> Iterator[None]:
+    yield
+    for host in stack.bed.hosts:
+        wait_serving(stack, host, 120)
+
+
+def test_rotation_refuses_old_password_at_once_and_drops_no_request(stack: Stack) -> None:
+    host = stack.bed.hosts[0]
+    old = stack.password("alice")
+    nginx_pid = host.run(["cat", "/run/nginx.pid"]).stdout.strip()
+    with Hammer(stack, host, "team") as hammer:
+        (stack.stack_dir / "users" / "alice.password").unlink()  # what `make rotate USER=alice` does
+        rotation = stack.configure(echo=False).check()
+        time.sleep(1)
+    new = stack.password("alice")
+    assert new != old
+    assert rotation.changed()[host.name] >= 1
+    assert hammer.failures == []
+    assert hammer.ok > 10
+    auth_url = stack.url(host, "/api/2.0/mlflow/experiments/search?max_results=1")
+    cert = stack.cert(host)
+    assert requests.get(auth_url, auth=("alice", old), verify=cert, timeout=10).status_code == 401
+    assert requests.get(auth_url, auth=("alice", new), verify=cert, timeout=10).status_code == 200
+    # Reloaded, never restarted: the nginx master process is the same one.
+    assert host.run(["cat", "/run/nginx.pid"]).stdout.strip() == nginx_pid
+
+
+def test_mlflow_killed_is_serving_again_within_10_s(stack: Stack, restore_after: None) -> None:
+    host = stack.bed.hosts[1]
+    main_pid = host.systemctl("show", "-p", "MainPID", "--value", "mlflow").stdout.strip()
+    assert main_pid not in ("", "0")
+    host.run(["kill", "-9", main_pid])
+    assert wait_serving(stack, host, 10) < 10
+
+
+def test_host_reboot_serves_again_without_manual_step(stack: Stack, restore_after: None) -> None:
+    host = stack.bed.hosts[1]
+    host.reboot()
+    seconds = wait_serving(stack, host, 120)
+    print(f"\n{host.name} serving {seconds:.1f} s after its reboot completed")
+    assert host.systemctl("is-enabled", "mlflow").stdout.strip() == "enabled"

@@ -1,0 +1,189 @@
+"""The values the roles derive (ansible/filter_plugins/mlflow_aws.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+REPO = Path(__file__).resolve().parents[3]
+PLUGIN_PATH = REPO / "ansible" / "filter_plugins" / "mlflow_aws.py"
+
+
+def load_plugin() -> Any:
+    spec = importlib.util.spec_from_file_location("mlflow_aws_filters", PLUGIN_PATH)
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+plugin = load_plugin()
+FILTERS = plugin.FilterModule().filters()
+
+# What ansible_memtotal_mb reports on instances of 1, 2, 4, 8 and 16 GiB (the kernel keeps some).
+GIB_1, GIB_2, GIB_4, GIB_8, GIB_16 = 904, 1910, 3828, 7816, 15790
+
+
+@pytest.mark.parametrize(
+    ("memtotal_mb", "vcpus", "workers"),
+    [
+        (GIB_1, 2, 1),  # t3.micro: 1 worker (~550 MB) is all that fits beside the OS
+        (GIB_2, 2, 2),  # t3.small
+        (GIB_4, 2, 2),  # t3.medium: memory for 7, capped by the 2 vCPUs
+        (GIB_8, 2, 2),
+        (GIB_8, 4, 4),
+        (GIB_16, 4, 4),
+        (GIB_16, 8, 8),
+        (GIB_16, 64, 34),  # memory caps a many-core host
+        (GIB_4, 16, 7),
+        (512, 1, 1),  # never below one worker
+    ],
+)
+def test_workers_fit_in_memory_and_cpus(memtotal_mb: int, vcpus: int, workers: int) -> None:
+    assert FILTERS["mlflow_workers"](memtotal_mb, vcpus) == workers
+
+
+def test_workers_leave_30_percent_of_memory_free() -> None:
+    for memtotal_mb in range(1024, 65536, 512):
+        workers = plugin.mlflow_workers(memtotal_mb, 1024)
+        used = plugin.BASE_MB + workers * plugin.PER_WORKER_MB
+        assert workers == 1 or used <= 0.7 * memtotal_mb
+
+
+def test_workers_accept_fact_strings() -> None:
+    assert plugin.mlflow_workers("3828", "2") == 2
+
+
+@pytest.mark.parametrize(("memtotal_mb", "vcpus"), [(0, 2), (2048, 0), ("lots", 2), (None, 2)])
+def test_workers_reject_bad_facts(memtotal_mb: Any, vcpus: Any) -> None:
+    with pytest.raises(AnsibleFilterError, match="mlflow_workers"):
+        plugin.mlflow_workers(memtotal_mb, vcpus)
+
+
+def test_allowed_hosts_for_dns_and_ip() -> None:
+    hosts = FILTERS["mlflow_allowed_hosts"](
+        ["ec2-203-0-113-10.eu-west-1.compute.amazonaws.com", "203.0.113.10"]
+    )
+
+    assert hosts[:2] == ["ec2-203-0-113-10.eu-west-1.compute.amazonaws.com", "203.0.113.10"]
+    # Setting --allowed-hosts replaces MLflow's defaults: loopback must stay allowed.
+    for local in ("localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*"):
+        assert local in hosts
+
+
+def test_allowed_hosts_for_ip_only() -> None:
+    hosts = plugin.mlflow_allowed_hosts(["", "203.0.113.10", None])
+
+    assert hosts[0] == "203.0.113.10"
+    assert "" not in hosts
+
+
+def test_allowed_hosts_are_unique_and_lowercase() -> None:
+    hosts = plugin.mlflow_allowed_hosts(["MLflow.Example.com", "mlflow.example.com", "localhost"])
+
+    assert hosts.count("mlflow.example.com") == 1
+    assert hosts.count("localhost") == 1
+
+
+def test_allowed_hosts_bracket_ipv6() -> None:
+    assert plugin.mlflow_allowed_hosts(["2001:db8::1"])[0] == "[2001:db8::1]"
+
+
+def test_allowed_hosts_match_like_mlflow_does() -> None:
+    """MLflow matches Host headers with fnmatch when a pattern has '*', else exactly."""
+    from fnmatch import fnmatch
+
+    hosts = plugin.mlflow_allowed_hosts(["mlflow.example.com", "203.0.113.10"])
+
+    def allowed(host: str) -> bool:
+        return any(fnmatch(host, h) if "*" in h else host == h for h in hosts)
+
+    assert allowed("mlflow.example.com")
+    assert allowed("203.0.113.10")
+    assert allowed("127.0.0.1:5000")
+    assert allowed("localhost:5000")
+    assert allowed("[::1]:5000")
+    assert not allowed("evil.example.net")
+    assert not allowed("10.0.1.10")
+
+
+def test_needs_a_name() -> None:
+    with pytest.raises(AnsibleFilterError, match="at least one"):
+        plugin.mlflow_allowed_hosts(["", None])
+
+
+def test_cors_origins_for_dns_and_ip() -> None:
+    origins = FILTERS["mlflow_cors_origins"](
+        ["ec2-203-0-113-10.eu-west-1.compute.amazonaws.com", "203.0.113.10"]
+    )
+
+    assert origins == [
+        "https://ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
+        "https://203.0.113.10",
+    ]
+
+
+def test_cors_origins_for_ip_only() -> None:
+    assert plugin.mlflow_cors_origins("203.0.113.10") == ["https://203.0.113.10"]
+
+
+def test_dsn_without_password_keeps_everything_else() -> None:
+    dsn = "postgresql://mlflow:S3cr%40t%2Fpw@db.example.internal:5432/mlflow?sslmode=require"
+
+    assert (
+        FILTERS["mlflow_dsn_without_password"](dsn)
+        == "postgresql://mlflow@db.example.internal:5432/mlflow?sslmode=require"
+    )
+    assert FILTERS["mlflow_dsn_password"](dsn) == "S3cr@t/pw"
+
+
+def test_dsn_without_port_or_password() -> None:
+    dsn = "postgresql://mlflow@db/mlflow"
+
+    assert plugin.mlflow_dsn_without_password(dsn) == dsn
+    assert plugin.mlflow_dsn_password(dsn) == ""
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "",
+        None,
+        "mysql://u:p@h/db",
+        "postgresql://u:secretpw@/db",
+        "postgresql://u:secretpw@h",
+        "postgresql://:secretpw@h/db",
+        "postgresql://u:secretpw@h:port/db",
+    ],
+)
+def test_bad_dsn_fails_without_showing_it(dsn: Any) -> None:
+    with pytest.raises(AnsibleFilterError, match="mlflow_db_dsn") as error:
+        plugin.mlflow_dsn_without_password(dsn)
+
+    assert "secretpw" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "quoted"),
+    [
+        ("plain", '"plain"'),
+        ('a"b', '"a\\"b"'),
+        ("a\\b", '"a\\\\b"'),
+        ("$HOME `x`", '"\\$HOME \\`x\\`"'),
+        ("it's", '"it\'s"'),
+    ],
+)
+def test_systemd_env_quote(value: str, quoted: str) -> None:
+    assert FILTERS["systemd_env_quote"](value) == quoted
+
+
+def test_systemd_env_quote_rejects_newlines() -> None:
+    with pytest.raises(AnsibleFilterError, match="newlines"):
+        plugin.systemd_env_quote("a\nb")
