@@ -59,11 +59,16 @@ def mlflow_cors_origins(names: Any) -> list[str]:
     return _unique([f"https://{_host_header(name)}" for name in names])
 
 
-def mlflow_dsn_without_password(dsn: Any) -> str:
-    """The PostgreSQL DSN with its password removed (libpq then reads PGPASSWORD)."""
+def mlflow_dsn_without_password(dsn: Any, driver: str = "psycopg2") -> str:
+    """The PostgreSQL DSN as a SQLAlchemy URL without its password (libpq reads PGPASSWORD).
+
+    The driver is spelled out: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, while the
+    virtualenv has psycopg2.
+    """
     parts = _split_dsn(dsn)
+    scheme = parts.scheme if "+" in parts.scheme else f"postgresql+{driver}"
     netloc = f"{quote(unquote(parts.username or ''), safe='')}@{_hostport(parts)}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
 
 
 def mlflow_dsn_password(dsn: Any) -> str:

@@ -11,7 +11,7 @@ import subprocess
 import psycopg2
 import pytest
 
-from tests.integration.harness import HarnessError, Host, Testbed
+from tests.integration.harness import HarnessError, Host, Testbed, deps
 from tests.integration.harness.network import IP_FORWARD
 from tests.integration.harness.util import REPO_ROOT
 
@@ -174,6 +174,12 @@ def test_up_again_reuses_a_healthy_bed_and_refuses_another_size(testbed: Testbed
     assert [h.name for h in again.hosts] == [h.name for h in testbed.hosts]
     with pytest.raises(HarnessError, match="down"):
         Testbed(testbed.state_dir).up(len(testbed.hosts) + 1)
+
+
+def test_prerequisites_name_root_when_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the `testbed` fixture fails with on a machine where it cannot run."""
+    monkeypatch.setattr(deps.os, "geteuid", lambda: 1000)
+    assert any("root" in problem for problem in deps.missing_prerequisites())
 
 
 def test_cli_needs_root() -> None:

@@ -175,6 +175,15 @@ class BaseImage:
         (partial / "complete").write_text(json.dumps(info) + "\n")
         partial.rename(self.dir)
         say(f"base {self.recipe_hash} built in {took:.0f} s")
+        self._prune_others()
+
+    def _prune_others(self) -> None:
+        """Drop bases of older recipes that no mounted host uses (about 300 MB each)."""
+        mounts = Path("/proc/self/mounts").read_text()
+        for other in self.cache_root.iterdir():
+            if other.is_dir() and other != self.dir and f"lowerdir={other}/" not in mounts:
+                say(f"removing old base {other}")
+                shutil.rmtree(other, ignore_errors=True)
 
     def _debootstrap(self, tree: Path) -> None:
         say(f"debootstrap {SUITE} from {self.mirror} ...")

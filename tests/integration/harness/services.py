@@ -100,6 +100,11 @@ class Postgres:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.touch()
         os.chown(self.log, entry.pw_uid, entry.pw_gid)
+        if self._as_postgres(["test", "-w", self.dir], check=False).returncode != 0:
+            raise HarnessError(
+                f"user postgres cannot reach {self.dir}: choose a --state-dir whose parents "
+                "are world-traversable (not under /root)"
+            )
         self._as_postgres(
             [self.bindir / "initdb", "-D", self.data, "-U", "postgres", "--encoding=UTF8",
              "--locale=C.UTF-8", "--auth-local=peer", "--auth-host=scram-sha-256"],

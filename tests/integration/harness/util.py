@@ -61,15 +61,18 @@ def run_with_progress(
         reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
         reader.start()
         start = time.monotonic()
-        while proc.poll() is None:
-            reader.join(timeout=every)
-            elapsed = time.monotonic() - start
-            if elapsed > timeout:
-                proc.kill()
-                raise HarnessError(f"{label}: timed out after {timeout:.0f} s")
-            if proc.poll() is None and lines:
-                say(f"{label}: {elapsed:.0f} s, {lines[-1].strip()}")
-        reader.join()
+        while True:
+            try:
+                proc.wait(timeout=every)
+                break
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - start
+                if elapsed > timeout:
+                    proc.kill()
+                    raise HarnessError(f"{label}: timed out after {timeout:.0f} s") from None
+                if lines:
+                    say(f"{label}: {elapsed:.0f} s, {lines[-1].strip()}")
+        reader.join(timeout=5)
     if proc.returncode != 0:
         tail = "".join(lines[-30:])
         raise HarnessError(f"{label} failed ({proc.returncode}): {' '.join(args)}\n{tail}")

@@ -139,16 +139,22 @@ def test_dsn_without_password_keeps_everything_else() -> None:
 
     assert (
         FILTERS["mlflow_dsn_without_password"](dsn)
-        == "postgresql://mlflow@db.example.internal:5432/mlflow?sslmode=require"
+        == "postgresql+psycopg2://mlflow@db.example.internal:5432/mlflow?sslmode=require"
     )
     assert FILTERS["mlflow_dsn_password"](dsn) == "S3cr@t/pw"
 
 
 def test_dsn_without_port_or_password() -> None:
-    dsn = "postgresql://mlflow@db/mlflow"
+    dsn = "postgres://mlflow@db/mlflow"
 
-    assert plugin.mlflow_dsn_without_password(dsn) == dsn
+    assert plugin.mlflow_dsn_without_password(dsn) == "postgresql+psycopg2://mlflow@db/mlflow"
     assert plugin.mlflow_dsn_password(dsn) == ""
+
+
+def test_dsn_keeps_an_explicit_driver() -> None:
+    dsn = "postgresql+psycopg2://mlflow:pw@db:5432/mlflow"
+
+    assert plugin.mlflow_dsn_without_password(dsn) == "postgresql+psycopg2://mlflow@db:5432/mlflow"
 
 
 @pytest.mark.parametrize(

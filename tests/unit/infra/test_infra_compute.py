@@ -25,7 +25,7 @@ OPERATOR_KEY = (
 def test_imdsv2_required_fsbp_ec2_8():
     def check(res: Resources) -> None:
         metadata = res.one("aws:ec2/instance:Instance").inputs["metadataOptions"]
-        assert metadata["httpTokens"] == "required"
+        assert metadata["httpTokens"] == "required", "IMDSv1 allowed"
         assert metadata["httpEndpoint"] == "enabled"
         # 1: only the host itself can use the token (no container, no forwarded request).
         assert metadata["httpPutResponseHopLimit"] == 1
@@ -38,7 +38,7 @@ def test_root_volume_is_encrypted_gp3_ebs_encryption():
     def check(res: Resources) -> None:
         instance = res.one("aws:ec2/instance:Instance").inputs
         root = instance["rootBlockDevice"]
-        assert root["encrypted"] is True
+        assert root["encrypted"] is True, "root volume not encrypted"
         assert root["volumeType"] == "gp3"
         assert root["volumeSize"] == 30
         # No other volumes that could be unencrypted.

@@ -14,7 +14,7 @@ SECRET_VALUE_SIG = "1b47061264138c4ac30d75fd1eb44270"
 @pulumi.runtime.test
 def test_database_not_publicly_accessible_fsbp_rds_2():
     def check(res: Resources) -> None:
-        assert res.one(RDS).inputs["publiclyAccessible"] is False
+        assert res.one(RDS).inputs["publiclyAccessible"] is False, "RDS instance is public"
 
     return after_registration(fresh_stack(), check)
 
@@ -22,7 +22,7 @@ def test_database_not_publicly_accessible_fsbp_rds_2():
 @pulumi.runtime.test
 def test_database_storage_encrypted_fsbp_rds_3():
     def check(res: Resources) -> None:
-        assert res.one(RDS).inputs["storageEncrypted"] is True
+        assert res.one(RDS).inputs["storageEncrypted"] is True, "RDS storage not encrypted"
 
     return after_registration(fresh_stack(), check)
 
