@@ -130,8 +130,9 @@ class Host:
         if killed:
             wait_for(f"{self.name}'s processes to die", lambda: not self._cgroup_pids(), 10)
         self.pid_file.unlink(missing_ok=True)
-        if self.is_mounted():
-            run(["umount", self.merged])
+        if self.is_mounted() and not quiet(["umount", self.merged]):
+            say(f"{self.merged} busy: detaching it (umount --lazy)")
+            run(["umount", "--lazy", self.merged])
 
     def _cgroup_pids(self) -> list[int]:
         return [p for d in cgroups.host_dirs(self.name) for p in cgroups.pids(d)]
