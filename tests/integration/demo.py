@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["up", "down"])
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        print("make demo needs root: it boots a local test host (run it with sudo)", file=sys.stderr)
+        print(
+            "make demo needs root: it boots a local test host (run it with sudo)", file=sys.stderr
+        )
         return 2
     try:
         return up() if args.action == "up" else down()
