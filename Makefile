@@ -83,7 +83,13 @@ test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (
 test: lint test-unit test-integration ## Everything CI runs: lint, unit and end-to-end tests
 
 molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, verify on a test host
-	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" molecule test
+	@# destroy, syntax, create, converge, idempotence, verify, destroy (ansible/molecule/default).
+	@started=$$SECONDS; cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" molecule test; status=$$?; \
+	took="$$((SECONDS - started)) s"; \
+	if [ $$status -eq 0 ]; then echo ">> molecule test passed in $$took"; else \
+	echo ">> molecule test FAILED (exit $$status, after $$took): DETAILS above names the failed step;" \
+	"its Ansible output (or the idempotence step's list of changed tasks) is just before it."; fi; \
+	exit $$status
 
 clean: ## Remove caches (keeps .venv and .credentials)
 	rm -rf .cache .pytest_cache .ruff_cache

@@ -6,6 +6,7 @@ set -euo pipefail
 
 PACKAGES=(
   debootstrap        # builds the Debian 12 base root filesystem of the test hosts
+  debian-archive-keyring  # debootstrap verifies the mirror with it (only a Recommends)
   systemd-container  # systemd-nspawn boots the test hosts
   nftables           # masquerade so the hosts reach the package mirrors
   iproute2           # bridge, veth pairs, network namespaces
