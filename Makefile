@@ -72,7 +72,7 @@ lint: $(BIN)/.dev-installed ## ruff, yamllint and ansible-lint (production profi
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/yamllint --strict .
-	cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" ../$(BIN)/ansible-lint --offline
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --offline
 
 test-unit: $(BIN)/.dev-installed ## Unit tests only (no root, about a minute)
 	$(BIN)/pytest tests/unit -q
