@@ -6,6 +6,10 @@ STACK ?= dev
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The examples run in their own client virtualenv: the operator's .venv carries no scikit-learn.
+CLIENT_VENV := .venv-client
+CLIENT_BIN := $(CLIENT_VENV)/bin
+EXAMPLES := $(sort $(basename $(notdir $(wildcard examples/*.py))))
 export STACK
 # A saved outputs file (air-gapped use) may be given relative to the repo; Ansible runs in ansible/.
 export MLFLOW_AWS_OUTPUTS_FILE := $(if $(MLFLOW_AWS_OUTPUTS_FILE),$(abspath $(MLFLOW_AWS_OUTPUTS_FILE)))
@@ -30,6 +34,12 @@ $(BIN)/.deploy-installed: requirements.txt constraints.txt
 $(BIN)/.dev-installed: $(BIN)/.deploy-installed requirements-dev.txt constraints.txt
 	@echo ">> installing test requirements into $(VENV)"
 	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+$(CLIENT_BIN)/.client-installed: requirements-client.txt constraints-client.txt
+	@test -x $(CLIENT_BIN)/python || { echo ">> creating $(CLIENT_VENV)"; $(PYTHON) -m venv $(CLIENT_VENV); }
+	@echo ">> installing client requirements into $(CLIENT_VENV)"
+	@$(CLIENT_BIN)/pip install --quiet --disable-pip-version-check -r requirements-client.txt -c constraints-client.txt
 	@touch $@
 
 # --- AWS side (Pulumi) ---------------------------------------------------------------------------
@@ -60,6 +70,17 @@ rotate: $(BIN)/.deploy-installed ## New passwords for all users (or USER=name), 
 credentials: $(BIN)/.deploy-installed ## Print the export lines a client needs (USER=name for another user)
 	@$(BIN)/python -m inventory_plugin.credentials $(if $(ROTATE_USER),--user $(ROTATE_USER),)
 
+# NAME is checked before anything is installed; ARGS go to the script (e.g. ARGS="--experiment x").
+# No usage telemetry: the client talks to your server only.
+example: ## Run an example on the stack: NAME=iris_random_forest|llm_evaluation [USER=name]
+	@if [[ " $(EXAMPLES) " != *" $(NAME) "* || -z "$(NAME)" ]]; then \
+	  echo "make example: $(if $(NAME),unknown example '$(NAME)',NAME is missing); one of: $(EXAMPLES)" \
+	  "(e.g. make example NAME=$(firstword $(EXAMPLES)))" >&2; exit 2; fi
+	@$(MAKE) --no-print-directory $(BIN)/.deploy-installed $(CLIENT_BIN)/.client-installed
+	@exports="$$($(BIN)/python -m inventory_plugin.credentials $(if $(ROTATE_USER),--user $(ROTATE_USER),))" \
+	  || exit 2; eval "$$exports"; \
+	  MLFLOW_DISABLE_TELEMETRY=true $(CLIENT_BIN)/python examples/$(NAME).py $(ARGS)
+
 # --- trying it without AWS -----------------------------------------------------------------------
 demo: $(BIN)/.dev-installed ## Local demo (Linux, root): a test host with the whole stack, configured
 	@$(BIN)/python -m tests.integration.demo up
@@ -83,8 +104,12 @@ test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (
 test: lint test-unit test-integration ## Everything CI runs: lint, unit and end-to-end tests
 
 molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, verify on a test host
-	@# destroy, syntax, create, converge, idempotence, verify, destroy (ansible/molecule/default).
-	@started=$$SECONDS; cd ansible && PATH="$(CURDIR)/$(BIN):$$PATH" molecule test; status=$$?; \
+	@# destroy, syntax, create, converge, idempotence, verify, destroy: ansible/molecule/default.
+	@# Molecule's state lives in .cache and starts afresh; destroy.yml still takes down a bed a
+	@# killed run left up (it goes by the harness's state dir, not by molecule's state).
+	@rm -rf .cache/molecule-ephemeral; started=$$SECONDS; \
+	cd ansible && MOLECULE_EPHEMERAL_DIRECTORY="$(CURDIR)/.cache/molecule-ephemeral" \
+		PATH="$(CURDIR)/$(BIN):$$PATH" molecule test; status=$$?; \
 	took="$$((SECONDS - started)) s"; \
 	if [ $$status -eq 0 ]; then echo ">> molecule test passed in $$took"; else \
 	echo ">> molecule test FAILED (exit $$status, after $$took): DETAILS above names the failed step;" \

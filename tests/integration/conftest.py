@@ -25,6 +25,7 @@ import pytest
 from tests.integration.harness import HarnessError, Testbed
 from tests.integration.harness.deps import missing_prerequisites
 from tests.integration.harness.util import REPO_ROOT
+from tests.integration.stack import Stack, configure_stack
 
 HOST_COUNT = 2
 DEFAULT_DIR = REPO_ROOT / ".cache" / "testhosts-pytest"
@@ -48,3 +49,9 @@ def testbed() -> Iterator[Testbed]:
     yield bed
     if os.environ.get("MLFLOW_AWS_TESTBED_KEEP") != "1":
         bed.down()
+
+
+@pytest.fixture(scope="session")
+def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """The test bed's hosts configured by the real playbook (a cold run, then a no-op rerun)."""
+    return configure_stack(testbed, tmp_path_factory.mktemp("stack"))

@@ -66,6 +66,10 @@ def playbook_env(outputs_file: Path, credentials_dir: Path, stack: str) -> dict[
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         ANSIBLE_FORCE_COLOR="0",
         ANSIBLE_NOCOLOR="1",
+        # Test beds reuse host names and addresses: facts and SSH master connections are kept
+        # per credentials dir, so nothing from an earlier bed is ever reused.
+        ANSIBLE_CACHE_PLUGIN_CONNECTION=str(credentials_dir / ".facts"),
+        ANSIBLE_SSH_CONTROL_PATH_DIR=str(credentials_dir / ".cp"),
     )
     return env
 

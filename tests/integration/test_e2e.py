@@ -8,80 +8,20 @@ S3-compatible endpoint (moto) run beside them (see tests/integration/harness).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.harness import Host, Testbed
-from tests.integration.playbook import PlaybookRun, run_playbook
+from tests.integration.harness import Host
+from tests.integration.stack import USERS, Stack, wait_serving
 
 pytestmark = pytest.mark.integration
-
-USERS = ["team", "alice"]
-STACK = "e2e"
-
-
-@dataclass
-class Stack:
-    """A configured test stack: the bed, where its credentials live, and the playbook runs."""
-
-    bed: Testbed
-    credentials_dir: Path
-    users_file: Path
-    cold: PlaybookRun
-    rerun: PlaybookRun
-
-    @property
-    def stack_dir(self) -> Path:
-        return self.credentials_dir / STACK
-
-    def password(self, user: str) -> str:
-        return (self.stack_dir / "users" / f"{user}.password").read_text().strip()
-
-    def cert(self, host: Host) -> Path:
-        return self.stack_dir / f"{host.name}.crt"
-
-    def url(self, host: Host, path: str = "/") -> str:
-        return f"https://{host.ip}{path}"
-
-    def get(self, host: Host, path: str, user: str | None = "team", **kwargs) -> requests.Response:
-        auth = (user, self.password(user)) if user else None
-        return requests.get(
-            self.url(host, path), auth=auth, verify=self.cert(host), timeout=30, **kwargs
-        )
-
-    def configure(self, echo: bool = True) -> PlaybookRun:
-        return run_playbook(
-            self.bed.outputs_file,
-            self.credentials_dir,
-            STACK,
-            ["-e", f"@{self.users_file}"],
-            echo=echo,
-        )
-
-
-@pytest.fixture(scope="session")
-def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Stack:
-    """Both hosts configured by a cold run, then a second run (which must change nothing)."""
-    work = tmp_path_factory.mktemp("e2e")
-    credentials_dir = work / "credentials"
-    users_file = work / "users.json"
-    users_file.write_text(json.dumps({"mlflow_users": [{"name": user} for user in USERS]}))
-    configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
-    configured.cold = configured.configure().check()
-    configured.rerun = configured.configure().check()
-    print(
-        f"\ncold converge {configured.cold.seconds:.0f} s, rerun {configured.rerun.seconds:.0f} s"
-    )
-    return configured
 
 
 @pytest.fixture
@@ -94,19 +34,6 @@ def mlflow_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Host:
     monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(stack.cert(host)))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     return host
-
-
-def wait_serving(stack: Stack, host: Host, timeout: float) -> float:
-    """Seconds until an authenticated API call succeeds again."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            if stack.get(host, "/api/2.0/mlflow/experiments/search?max_results=1").ok:
-                return time.monotonic() - started
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{host.name} not serving within {timeout} s")
 
 
 # ----- converge --------------------------------------------------------------------------
