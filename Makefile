@@ -101,7 +101,7 @@ test-unit: $(BIN)/.dev-installed ## Unit tests only (no root, about a minute)
 test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (Linux, root)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m integration
 
-test: lint test-unit test-integration ## Everything CI runs: lint, unit and end-to-end tests
+test: lint test-unit test-integration molecule ## Everything CI runs: lint, unit, end-to-end and molecule tests
 
 molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, verify on a test host
 	@# destroy, syntax, create, converge, idempotence, verify, destroy: ansible/molecule/default.
