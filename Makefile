@@ -116,5 +116,9 @@ molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, ver
 	"its Ansible output (or the idempotence step's list of changed tasks) is just before it."; fi; \
 	exit $$status
 
+# Its own one-host bed (.cache/bench-testhosts), up only while it runs; not part of `make test`.
+bench: $(BIN)/.dev-installed ## Benchmarks on a local test host (Linux, root, ~20 min; ARGS="--help")
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench $(ARGS)
+
 clean: ## Remove caches (keeps .venv and .credentials)
 	rm -rf .cache .pytest_cache .ruff_cache

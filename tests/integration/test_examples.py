@@ -41,8 +41,11 @@ class ExampleRun:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any MLflow or OpenAI setting of the person running the tests."""
+    """This environment without the MLflow or OpenAI settings of whoever runs the tests, nor the
+    variables of an enclosing `make test` (its command-line variables would reach our make)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OPENAI_"))}
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+        env.pop(name, None)
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"  # no usage reports to the internet
     env.update(extra)
     return env
