@@ -11,6 +11,8 @@ CLIENT_VENV := .venv-client
 CLIENT_BIN := $(CLIENT_VENV)/bin
 EXAMPLES := $(sort $(basename $(notdir $(wildcard examples/*.py))))
 export STACK
+# MLflow clients phone home by default; ours (tests, examples, demo) do not.
+export MLFLOW_DISABLE_TELEMETRY ?= true
 # A saved outputs file (air-gapped use) may be given relative to the repo; Ansible runs in ansible/.
 export MLFLOW_AWS_OUTPUTS_FILE := $(if $(MLFLOW_AWS_OUTPUTS_FILE),$(abspath $(MLFLOW_AWS_OUTPUTS_FILE)))
 # Ansible reads ansible.cfg from its working directory: every playbook runs from ansible/.
