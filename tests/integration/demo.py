@@ -39,7 +39,11 @@ def up() -> int:
     run_playbook(bed.outputs_file, CREDENTIALS_DIR, STACK).check()
     print("\nThe demo server is up. Point an MLflow client at it:\n")
     print(credentials_lines(bed.outputs_file))
-    print("Open the URL in a browser (trust the certificate above) or run the examples.")
+    print("Open the URL in a browser (trust the certificate above), or run an example:")
+    print(
+        f"  STACK={STACK} MLFLOW_AWS_OUTPUTS_FILE={bed.outputs_file}"
+        " make example NAME=iris_random_forest"
+    )
     print("`make demo-down` removes the host, the database and the bucket.")
     return 0
 
