@@ -186,6 +186,14 @@ class Testbed:
         host.wait_ssh(120)
         return time.monotonic() - started
 
+    def is_running_anything(self) -> bool:
+        """Whether any host, PostgreSQL or moto of this bed still runs."""
+        return (
+            any(h.is_running() for h in self.hosts)
+            or self.postgres.is_running()
+            or self.s3.pid() is not None
+        )
+
     def health_problems(self) -> list[str]:
         problems = [f"{h.name} not running" for h in self.hosts if not h.is_running()]
         problems += [f"{h.name} no SSH" for h in self.hosts if h.is_running() and not h.ssh_ready()]
@@ -331,15 +339,25 @@ def _remove(path: Path) -> None:
 
 
 def _refuse_if_other_owner(state_dir: Path) -> None:
+    """Refuse while another state dir's bed runs; take down one whose processes are all gone.
+
+    A machine restored from a snapshot, or rebooted, keeps the owner file and state dir but
+    none of the processes: such a bed serves nobody and only blocks the fixed names.
+    """
     if not OWNER_FILE.exists():
         return
     owner = Path(OWNER_FILE.read_text().strip())
-    if owner != state_dir and (owner / "state.json").exists():
+    if owner == state_dir or not (owner / "state.json").exists():
+        return
+    other = Testbed(owner)
+    if other.is_running_anything():
         raise HarnessError(
             f"another test bed is up on this machine (state dir {owner}); the addresses are "
             f"fixed, so only one can run: `python -m tests.integration.harness down "
             f"--state-dir {owner}` first"
         )
+    say(f"the test bed of {owner} has no running process left (crash or restore): taking it down")
+    other._tear_down()
 
 
 @contextlib.contextmanager
