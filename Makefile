@@ -21,7 +21,7 @@ ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
 ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
 
 .PHONY: help infra preview destroy outputs configure rotate credentials demo demo-down \
-	lint test test-unit test-integration molecule example clean
+	lint test test-unit test-integration molecule bench example clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -117,6 +117,10 @@ molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, ver
 	echo ">> molecule test FAILED (exit $$status, after $$took): DETAILS above names the failed step;" \
 	"its Ansible output (or the idempotence step's list of changed tasks) is just before it."; fi; \
 	exit $$status
+
+# Its own one-host bed (.cache/bench-testhosts), up only while it runs; not part of `make test`.
+bench: $(BIN)/.dev-installed ## Benchmarks on a local test host (Linux, root, ~20 min; ARGS="--help")
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench $(ARGS)
 
 clean: ## Remove caches (keeps .venv and .credentials)
 	rm -rf .cache .pytest_cache .ruff_cache

@@ -10,7 +10,7 @@ import pulumi_aws as aws
 import pulumi_tls as tls
 
 from infra.naming import Naming
-from infra.settings import Settings
+from infra.settings import BACKUP_PREFIX, Settings
 
 EC2_TRUST_POLICY = {
     "Version": "2012-10-17",
@@ -25,7 +25,8 @@ EC2_TRUST_POLICY = {
 
 
 def artifact_access_policy(bucket_arn: str, prefix: str) -> dict[str, Any]:
-    """The server's only permissions: list the artifact bucket, read/write/delete its prefix."""
+    """The server's only permissions: list the artifact bucket, read/write/delete its prefix,
+    and add database backups, which it can neither read back nor delete."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -40,6 +41,12 @@ def artifact_access_policy(bucket_arn: str, prefix: str) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
                 "Resource": [f"{bucket_arn}/{prefix}/*"],
+            },
+            {
+                "Sid": "WriteDatabaseBackups",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [f"{bucket_arn}/{BACKUP_PREFIX}/*"],
             },
         ],
     }

@@ -87,6 +87,8 @@ _DB_CLASS = re.compile(r"^db\.(?P<family>[a-z0-9]+)\.(?P<size>micro|small|medium
 
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+$")
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+# Key prefix of the database backups in the artifact bucket (ansible role mlflow).
+BACKUP_PREFIX = "backups"
 _SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")  # what EC2 ImportKeyPair accepts
 _RFC1918 = tuple(
     ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -438,6 +440,11 @@ def parse_artifact_prefix(key: str, value: Any) -> str:
             f"{key} {text!r} is not allowed: 1-200 characters, path segments of letters, digits, "
             f"'.', '_' and '-' separated by single '/', no leading or trailing '/' "
             f"(e.g. mlflow-artifacts or team-a/mlflow)"
+        )
+    if segments[0] == BACKUP_PREFIX:
+        raise SettingsError(
+            f"{key} {text!r} is not allowed: {BACKUP_PREFIX}/ holds the database backups, which "
+            f"the server may add but never delete; choose another prefix (e.g. mlflow-artifacts)"
         )
     return text
 

@@ -503,6 +503,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     ) -> None:
         super().parse(inventory, loader, path, cache)
         config = self._read_config_data(path)
+        self._refuse_unknown_options(config, path)
         settings = self._settings(config, Path(path).resolve().parent)
         try:
             outputs = load_outputs(settings.stack, settings.project_dir, settings.outputs_file)
@@ -515,6 +516,15 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         for host in outputs.hosts:
             self._add_host(
                 host.name, build_host_vars(outputs, host, settings.stack, stack_dir, key_file)
+            )
+
+    def _refuse_unknown_options(self, config: Mapping[str, Any], path: str) -> None:
+        """A misspelt option would otherwise be ignored silently (e.g. the stack to read)."""
+        unknown = sorted(str(key) for key in config if key not in self._options)
+        if unknown:
+            raise AnsibleParserError(
+                f"{path}: unknown option(s) {', '.join(unknown)} for the pulumi_stack plugin; "
+                f"known: {', '.join(sorted(self._options))}"
             )
 
     def _settings(self, config: Mapping[str, Any], config_dir: Path) -> Settings:

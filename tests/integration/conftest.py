@@ -11,7 +11,9 @@ Environment knobs:
   (seconds instead of a fresh boot). `python -m tests.integration.harness down --state-dir
   DIR` removes it.
 Note: test_harness.py::test_down_leaves_nothing_behind takes the bed down and brings it up
-again with fresh hosts; tests must not rely on host state from another test module.
+again with fresh hosts; tests must not rely on host state from another test module. The
+harness's tests therefore run last (a fresh configure costs minutes), and should a test using
+`stack` still run after a re-created bed, the stack is configured again first.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 from tests.integration.harness import HarnessError, Testbed
 from tests.integration.harness.deps import missing_prerequisites
 from tests.integration.harness.util import REPO_ROOT
-from tests.integration.stack import Stack, configure_stack
+from tests.integration.stack import Stack, configure_stack, reconfigure_if_recreated
 
 # The MLflow client phones home by default: test traffic stays on this machine and the test hosts.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -58,3 +60,20 @@ def testbed() -> Iterator[Testbed]:
 def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Stack:
     """The test bed's hosts configured by the real playbook (a cold run, then a no-op rerun)."""
     return configure_stack(testbed, tmp_path_factory.mktemp("stack"))
+
+
+@pytest.fixture(autouse=True)
+def _stack_follows_the_bed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Before a test that uses `stack`: reconfigure if the bed was brought up anew."""
+    if "stack" in request.fixturenames:
+        stack: Stack = request.getfixturevalue("stack")
+        reconfigure_if_recreated(stack, tmp_path_factory.mktemp("stack"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_harness.py last: its final test re-creates the bed, unconfigured."""
+    harness = [item for item in items if item.path.name == "test_harness.py"]
+    others = [item for item in items if item.path.name != "test_harness.py"]
+    items[:] = others + harness

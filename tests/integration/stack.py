@@ -28,6 +28,9 @@ class Stack:
     users_file: Path
     cold: PlaybookRun
     rerun: PlaybookRun
+    # When the bed's hosts were booted (state.json `started_at`): a bed taken down and brought
+    # up again (test_harness.py does) has new, unconfigured hosts.
+    bed_started_at: float | None = None
 
     @property
     def stack_dir(self) -> Path:
@@ -64,12 +67,28 @@ def configure_stack(testbed: Testbed, work: Path) -> Stack:
     users_file = work / "users.json"
     users_file.write_text(json.dumps({"mlflow_users": [{"name": user} for user in USERS]}))
     configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
+    configured.bed_started_at = testbed.state().get("started_at")
     configured.cold = configured.configure().check()
     configured.rerun = configured.configure().check()
     print(
         f"\ncold converge {configured.cold.seconds:.0f} s, rerun {configured.rerun.seconds:.0f} s"
     )
     return configured
+
+
+def reconfigure_if_recreated(stack: Stack, work: Path) -> bool:
+    """Configure the bed's hosts again, in place, if the bed was brought up anew since.
+
+    In place: module-scoped fixtures keep their reference to the session's Stack. New hosts
+    have new SSH host keys, so the credentials (known_hosts, passwords) start afresh in `work`.
+    """
+    started_at = stack.bed.state().get("started_at")
+    if started_at == stack.bed_started_at:
+        return False
+    fresh = configure_stack(stack.bed, work)
+    for name in ("credentials_dir", "users_file", "cold", "rerun", "bed_started_at"):
+        setattr(stack, name, getattr(fresh, name))
+    return True
 
 
 def wait_serving(stack: Stack, host: Host, timeout: float) -> float:

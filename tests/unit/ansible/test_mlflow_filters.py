@@ -193,3 +193,16 @@ def test_systemd_env_quote(value: str, quoted: str) -> None:
 def test_systemd_env_quote_rejects_newlines() -> None:
     with pytest.raises(AnsibleFilterError, match="newlines"):
         plugin.systemd_env_quote("a\nb")
+
+
+def test_nginx_credential_digest_is_what_secure_link_computes() -> None:
+    # echo -n "Basic $(echo -n team:s3cret | base64)" | openssl md5 -binary | base64 \
+    #   | tr +/ -_ | tr -d =
+    assert FILTERS["nginx_credential_digest"]("team", "s3cret") == "9m664XEXdwakQRW4AzKoJw"
+    assert FILTERS["nginx_credential_digest"]("team", "other") != "9m664XEXdwakQRW4AzKoJw"
+
+
+@pytest.mark.parametrize(("name", "password"), [("", "pw"), ("a:b", "pw"), ("team", None)])
+def test_nginx_credential_digest_refuses_bad_credentials(name: str, password: object) -> None:
+    with pytest.raises(AnsibleFilterError, match="needs a user name"):
+        FILTERS["nginx_credential_digest"](name, password)

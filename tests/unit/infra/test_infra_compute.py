@@ -148,6 +148,8 @@ def test_instance_role_allows_only_the_artifact_bucket():
             ("s3:GetObject", f"{bucket_arn}/team/mlflow/*"),
             ("s3:PutObject", f"{bucket_arn}/team/mlflow/*"),
             ("s3:DeleteObject", f"{bucket_arn}/team/mlflow/*"),
+            # Database backups: written before migrations, never read back or deleted by the host.
+            ("s3:PutObject", f"{bucket_arn}/backups/*"),
         }
         assert not [g for g in granted if "*" in g[0] or g[1] in ("*", "arn:aws:s3:::*")]
 

@@ -1,0 +1,220 @@
+"""The database helper of the mlflow role: wait, check, backup (files/mlflow_db.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+SCRIPT = REPO / "ansible" / "roles" / "mlflow" / "files" / "mlflow_db.py"
+
+
+def load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("mlflow_db", SCRIPT)
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+backup = load_script()
+URI = "postgresql+psycopg2://mlflow@db.internal:5433/mlflow"
+
+
+def test_database_from_the_password_less_backend_uri() -> None:
+    database = backup.Database.from_url(URI)
+    assert database == backup.Database("db.internal", 5433, "mlflow", "mlflow")
+    assert backup.Database.from_url("postgresql://u%40x@h/d%2Fb").user == "u@x"
+    assert backup.Database.from_url("postgresql://u@h/db").port == 5432
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("", "not a PostgreSQL URL"),
+        ("sqlite:///mlflow.db", "not a PostgreSQL URL"),
+        ("postgresql://mlflow:secret@db/mlflow", "must not carry the password"),
+    ],
+)
+def test_database_refuses_other_urls(url: str, message: str) -> None:
+    with pytest.raises(backup.BackupError, match=message) as info:
+        backup.Database.from_url(url)
+    assert "secret" not in str(info.value)
+
+
+def test_pg_dump_command_has_no_password_and_is_compressed() -> None:
+    argv = backup.Database.from_url(URI).pg_dump_argv("/usr/bin/pg_dump", "60s")
+    assert argv[0] == "/usr/bin/pg_dump"
+    assert "--format=custom" in argv
+    assert "--compress=6" in argv
+    assert "--lock-wait-timeout=60s" in argv
+    assert {"--host=db.internal", "--port=5433", "--username=mlflow", "--dbname=mlflow"} <= set(
+        argv
+    )
+    assert not [arg for arg in argv if "password" in arg.lower()]
+
+
+def test_s3_destination_and_key() -> None:
+    location = backup.S3Location.parse("s3://bucket-1/backups/")
+    assert location == backup.S3Location("bucket-1", "backups")
+    assert location.key("x.pgdump") == "backups/x.pgdump"
+    assert backup.S3Location.parse("s3://bucket-1").key("x") == "x"
+    for bad in ("/backups", "https://bucket/backups", "s3:///backups"):
+        with pytest.raises(backup.BackupError, match="not an s3://bucket/prefix URL"):
+            backup.S3Location.parse(bad)
+
+
+def test_backup_name_sorts_by_time_and_is_key_safe() -> None:
+    name = backup.backup_name("mlflow-test-1-mlflow-3.16.0-to-3.17.2", now=0)
+    assert name == "19700101T000000Z-mlflow-test-1-mlflow-3.16.0-to-3.17.2.pgdump"
+    assert backup.backup_name("a b/c", now=0) == "19700101T000000Z-a-b-c.pgdump"
+    assert backup.backup_name("//", now=0) == "19700101T000000Z-mlflow.pgdump"
+
+
+def test_newest_pg_dump_is_chosen_and_must_match_the_server(tmp_path: Path) -> None:
+    for major in ("15", "17", "common"):
+        binary = tmp_path / major / "bin" / "pg_dump"
+        binary.parent.mkdir(parents=True)
+        binary.touch()
+    candidates = backup.pg_dump_candidates(str(tmp_path / "*" / "bin" / "pg_dump"))
+    assert candidates == {
+        15: str(tmp_path / "15/bin/pg_dump"),
+        17: str(tmp_path / "17/bin/pg_dump"),
+    }
+    assert backup.choose_pg_dump(16, candidates) == candidates[17]
+    assert backup.choose_pg_dump(17, candidates) == candidates[17]
+    with pytest.raises(backup.BackupError, match="pg_dump 17 cannot dump a PostgreSQL 18 server"):
+        backup.choose_pg_dump(18, candidates)
+    with pytest.raises(backup.BackupError, match="install the postgresql-client package"):
+        backup.choose_pg_dump(15, {})
+
+
+def shell(script: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_stream_ends_only_when_pg_dump_succeeded() -> None:
+    stream = backup.CheckedStream(shell("printf PGDMP-data"))
+    assert stream.read(3) + stream.read() == b"PGDMP-data"
+    assert stream.read() == b""
+    assert stream.bytes == 10
+
+
+def test_stream_raises_instead_of_eof_when_pg_dump_failed() -> None:
+    stream = backup.CheckedStream(shell("printf partial; echo 'pg_dump: error: lock' >&2; exit 1"))
+    assert stream.read(100) == b"partial"
+    with pytest.raises(
+        backup.BackupError, match=r"pg_dump failed \(exit 1\): pg_dump: error: lock"
+    ):
+        stream.read(100)
+
+
+class FakeS3:
+    """upload_fileobj reads the stream to the end, as boto3 does, then head_object."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    def upload_fileobj(self, stream: Any, bucket: str, key: str) -> None:
+        data = io.BytesIO()
+        while chunk := stream.read(4):
+            data.write(chunk)
+        self.objects[(bucket, key)] = data.getvalue()
+
+    def head_object(self, Bucket: str, Key: str) -> dict[str, int]:
+        return {"ContentLength": len(self.objects[(Bucket, Key)])}
+
+
+def fake_pg_dump(tmp_path: Path, script: str) -> str:
+    path = tmp_path / "pg_dump"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_dump_uploads_a_complete_dump(tmp_path: Path) -> None:
+    s3 = FakeS3()
+    pg_dump = fake_pg_dump(tmp_path, 'printf "PGDMP %s" "$*"')
+    result = backup.dump(
+        backup.Database.from_url(URI),
+        backup.S3Location.parse("s3://b/backups"),
+        "host-1",
+        "5s",
+        s3,
+        pg_dump,
+    )
+    ((bucket, key), data), *_ = s3.objects.items()
+    assert bucket == "b"
+    assert key.startswith("backups/")
+    assert key.endswith("-host-1.pgdump")
+    assert data.startswith(b"PGDMP --format=custom")
+    assert result == {"backup": f"s3://b/{key}", "bytes": len(data)}
+
+
+def test_dump_fails_without_an_object_when_pg_dump_fails(tmp_path: Path) -> None:
+    s3 = FakeS3()
+    pg_dump = fake_pg_dump(tmp_path, "printf PGDMP; echo 'connection refused' >&2; exit 1")
+    with pytest.raises(backup.BackupError, match="connection refused"):
+        backup.dump(
+            backup.Database.from_url(URI), backup.S3Location("b", "backups"), "h", "5s", s3, pg_dump
+        )
+    assert s3.objects == {}
+
+
+def test_main_reports_one_line_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", "postgresql://mlflow:secret@db/mlflow")
+    assert backup.main(["check"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "mlflow_db: MLFLOW_BACKEND_STORE_URI must not carry the password (PGPASSWORD)\n"
+    )
+
+
+def test_main_skips_an_empty_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", URI)
+    monkeypatch.setattr(
+        backup, "server_facts", lambda database: {"server_major": 15, "has_schema": False}
+    )
+    monkeypatch.setattr(backup, "pg_dump_candidates", lambda: {15: "/x/15/bin/pg_dump"})
+    assert backup.main(["dump", "--destination", "s3://b/backups", "--label", "h"]) == 0
+    assert '"backup": null' in capsys.readouterr().out
+
+
+def test_wait_returns_once_the_database_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts = []
+
+    class Connection:
+        def close(self) -> None:
+            pass
+
+    def connect(database: object, timeout: int) -> Connection:
+        attempts.append(timeout)
+        if len(attempts) < 3:
+            raise backup.BackupError("cannot connect to the database db:5432: refused")
+        return Connection()
+
+    monkeypatch.setattr(backup, "connect", connect)
+    backup.wait_for(backup.Database.from_url(URI), timeout=10, interval=0)
+    assert len(attempts) == 3
+
+
+def test_wait_gives_up_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(database: object, timeout: int) -> None:
+        raise backup.BackupError("cannot connect to the database db:5432: refused")
+
+    monkeypatch.setattr(backup, "connect", refuse)
+    with pytest.raises(backup.BackupError, match=r"refused \(gave up after 0 s\)"):
+        backup.wait_for(backup.Database.from_url(URI), timeout=0.05, interval=0.01)
