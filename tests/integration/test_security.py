@@ -32,6 +32,7 @@ API = "/api/2.0/mlflow/experiments/search?max_results=1"
 # What the nginx_basic_auth role configures (defaults/main.yml) for requests without valid
 # credentials: requests/s per address, and the queue of paced ones.
 RATE_LIMIT = 2
+HTPASSWD = "/etc/nginx/mlflow/htpasswd"
 RATE_LIMIT_BURST = 20
 # Real PEM private keys have several full base64 lines; test fixtures carry one short fake line.
 PRIVATE_KEY_BLOCK = re.compile(
@@ -374,6 +375,28 @@ def test_password_guessing_is_slowed_while_the_right_user_gets_in(stack: Stack) 
     # Valid credentials are never limited, even from the attacker's own address.
     assert same_address.status_code == 200
     assert same_address.elapsed.total_seconds() < 2
+
+
+@pytest.fixture
+def htpasswd_emptied(stack: Stack) -> Iterator[Host]:
+    """The htpasswd file replaced by an empty one, restored afterwards."""
+    host = stack.bed.hosts[0]
+    saved = host.read_file(HTPASSWD)
+    host.run(["sh", "-c", f"cp -p {HTPASSWD} {HTPASSWD}.new && : > {HTPASSWD}.new && "
+              f"mv {HTPASSWD}.new {HTPASSWD}"])  # fmt: skip
+    yield host
+    host.write_file(HTPASSWD, saved, mode="0640")
+    host.run(["chgrp", "www-data", HTPASSWD])
+
+
+def test_valid_credentials_skip_the_password_hash(stack: Stack, htpasswd_emptied: Host) -> None:
+    """Valid headers are matched against the root-only digest map; only others reach the hash."""
+    host = htpasswd_emptied
+    assert stack.get(host, API).status_code == 200  # not in htpasswd: matched by the map
+    assert stack.get(host, API, user=None).status_code == 401
+    wrong = requests.get(stack.url(host, API), auth=("team", "not-the-password-" * 2),
+                         verify=stack.cert(host), timeout=30)  # fmt: skip
+    assert wrong.status_code == 401
 
 
 # ----- SSH -----------------------------------------------------------------------------------
