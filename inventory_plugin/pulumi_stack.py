@@ -102,6 +102,7 @@ PULUMI_TIMEOUT_SECONDS = 120
 
 REQUIRED_STRING_OUTPUTS = ("ssh_user", "db_dsn", "artifacts_destination", "region", "url")
 REQUIRED_OUTPUTS = ("hosts", *REQUIRED_STRING_OUTPUTS)
+MAX_DRAIN_SECONDS = 600
 # Only the test harness (S3-compatible stores) sets these; Pulumi never exports them.
 S3_OUTPUTS = ("s3_endpoint_url", "s3_access_key_id", "s3_secret_access_key")
 
@@ -142,6 +143,9 @@ class StackOutputs:
     db_dsn: str = field(repr=False)
     ssh_private_key: str | None = field(default=None, repr=False)
     s3: dict[str, str] = field(default_factory=dict, repr=False)
+    # Seconds a load balancer needs to stop sending requests to a host whose /health fails
+    # (0: no load balancer). Rolling restarts wait this long before and after each host.
+    drain_seconds: int = 0
 
 
 # ---------------------------------------------------------------- loading the outputs
@@ -325,8 +329,19 @@ def validate_outputs(data: object, source: OutputsSource) -> StackOutputs:
             for name in S3_OUTPUTS
             if (value := optional_string(data.get(name), f"output '{name}'", source))
         },
+        drain_seconds=drain_seconds(data.get("drain_seconds", 0), source),
         **strings,
     )
+
+
+def drain_seconds(value: object, source: OutputsSource) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DRAIN_SECONDS:
+        raise content_error(
+            source,
+            f"output 'drain_seconds' must be an integer from 0 to {MAX_DRAIN_SECONDS}, "
+            f"got {type_name(value) if not isinstance(value, int) else value}",
+        )
+    return value
 
 
 def required_string(value: object, where: str, source: OutputsSource) -> str:
@@ -465,6 +480,7 @@ def build_host_vars(
         "mlflow_private_ip": host.private_ip,
         "mlflow_aws_region": outputs.region,
         "mlflow_url": outputs.url,
+        "mlflow_drain_seconds": outputs.drain_seconds,
     }
     if key_file is not None:
         host_vars["ansible_ssh_private_key_file"] = str(key_file)

@@ -32,7 +32,7 @@ SNAPSHOT = r"""
 find /etc/nginx /etc/mlflow /etc/ssh/sshd_config.d /etc/systemd/system/mlflow.service \
      /opt/mlflow /var/lib/mlflow -maxdepth 2 -printf '%p %y %m %u %s %l\n' | sort
 find /etc/nginx /etc/mlflow /etc/ssh/sshd_config.d /etc/systemd/system/mlflow.service \
-     /opt/mlflow/db-upgraded -type f -exec sha256sum {} + | sort
+     -type f -exec sha256sum {} + | sort
 systemctl show -p MainPID -p ActiveEnterTimestamp mlflow nginx ssh
 cat /run/nginx.pid
 """

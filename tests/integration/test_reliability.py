@@ -437,7 +437,7 @@ def test_guarded_upgrade(stack: Stack, client_env: None, tmp_path: Path) -> None
         assert alembic_revision(stack) != old_revision
         new_backups = [key for key in backups(stack) if key not in after_failure]
         assert len(new_backups) == 1
-        assert f"{second.name}-mlflow-{OLD_VERSION}-to-{PINNED_VERSION}" in new_backups[0]
+        assert f"-schema-{old_revision}-to-mlflow-{PINNED_VERSION}" in new_backups[0]
         assert_restorable_dump(stack, new_backups[0], tmp_path, run_id)
         check_run_survived(stack, second, run_id)
         print(

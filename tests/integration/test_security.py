@@ -186,16 +186,14 @@ class ProcessWatch:
 
 @pytest.fixture(scope="module")
 def watched_run(stack: Stack) -> tuple[PlaybookRun, ProcessWatch]:
-    """A verbose playbook run that backs up and migrates the database (the marker is removed,
-    as after a version change) while the process listings are sampled."""
-    host = stack.bed.hosts[0]
-    host.run(["rm", "-f", "/opt/mlflow/db-upgraded"])
+    """A verbose playbook run that backs up and migrates the database (as after a version
+    change) while the process listings are sampled."""
     with ProcessWatch(stack.bed.hosts) as watch:
         run = run_playbook(
             stack.bed.outputs_file,
             stack.credentials_dir,
             STACK,
-            ["-e", f"@{stack.users_file}", "-v"],
+            ["-e", f"@{stack.users_file}", "-e", "mlflow_db_migrate=always", "-v"],
             echo=False,
         ).check()
     return run, watch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,45 @@ def test_wait_gives_up_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(backup, "connect", refuse)
     with pytest.raises(backup.BackupError, match=r"refused \(gave up after 0 s\)"):
         backup.wait_for(backup.Database.from_url(URI), timeout=0.05, interval=0.01)
+
+
+def write_migration(directory: Path, revision: str, down: str) -> None:
+    (directory / f"{revision}_change.py").write_text(
+        f'"""A migration."""\nrevision = "{revision}"\ndown_revision = {down}\n'
+        "branch_labels = None\n"
+    )
+
+
+def test_release_head_is_the_revision_nothing_builds_on(tmp_path: Path) -> None:
+    write_migration(tmp_path, "aaa111", "None")
+    write_migration(tmp_path, "bbb222", '"aaa111"')
+    write_migration(tmp_path, "ccc333", "'aaa111'")
+    write_migration(tmp_path, "ddd444", '("bbb222", "ccc333")')  # a merge of two branches
+    assert backup.release_head(str(tmp_path)) == "ddd444"
+
+
+def test_release_head_refuses_two_heads(tmp_path: Path) -> None:
+    write_migration(tmp_path, "aaa111", "None")
+    write_migration(tmp_path, "bbb222", '"aaa111"')
+    write_migration(tmp_path, "ccc333", '"aaa111"')
+    with pytest.raises(backup.BackupError, match=r"found \['bbb222', 'ccc333'\]"):
+        backup.release_head(str(tmp_path))
+
+
+@pytest.mark.parametrize(("revision", "needs"), [(None, True), ("aaa111", True), ("bbb222", False)])
+def test_check_says_whether_the_database_needs_the_release_schema(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    revision: str | None,
+    needs: bool,
+) -> None:
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", URI)
+    facts = {"server_major": 17, "has_schema": revision is not None, "revision": revision}
+    monkeypatch.setattr(backup, "server_facts", lambda database: facts)
+    monkeypatch.setattr(backup, "pg_dump_candidates", lambda: {15: "/x/15/bin/pg_dump"})
+    monkeypatch.setattr(backup, "release_head", lambda: "bbb222")
+    assert backup.main(["check"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["head"] == "bbb222"
+    assert out["revision"] == revision
+    assert out["needs_upgrade"] is needs

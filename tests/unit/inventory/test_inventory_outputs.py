@@ -308,6 +308,7 @@ def test_host_vars(outputs: dict[str, Any], tmp_path: Path) -> None:
         "mlflow_private_ip": "10.0.1.10",
         "mlflow_aws_region": "eu-west-1",
         "mlflow_url": "https://ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
+        "mlflow_drain_seconds": 0,
     }
 
 
@@ -340,3 +341,16 @@ def test_outputs_file_errors(tmp_path: Path) -> None:
 
 def test_outputs_round_trip_through_json(outputs: dict[str, Any]) -> None:
     assert ps.parse_outputs(json.dumps(outputs), SOURCE) == ps.validate_outputs(outputs, SOURCE)
+
+
+def test_drain_seconds_passes_through_when_a_load_balancer_is_in_front(
+    outputs: dict[str, Any],
+) -> None:
+    outputs["drain_seconds"] = 25
+    assert ps.validate_outputs(outputs, SOURCE).drain_seconds == 25
+
+
+@pytest.mark.parametrize("bad", [-1, 601, "25", 2.5, True, None])
+def test_drain_seconds_must_be_a_small_whole_number(outputs: dict[str, Any], bad: object) -> None:
+    outputs["drain_seconds"] = bad
+    assert "output 'drain_seconds' must be an integer from 0 to 600" in error_for(outputs)

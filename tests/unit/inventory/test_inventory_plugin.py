@@ -79,6 +79,7 @@ def test_one_host_with_its_vars(
         "mlflow_private_ip": "10.0.1.10",
         "mlflow_aws_region": "eu-west-1",
         "mlflow_url": "https://ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
+        "mlflow_drain_seconds": 0,
     }
     key_file = stack_dir / "ssh_key"
     assert key_file.read_text() == outputs["ssh_private_key"] + "\n"

@@ -9,7 +9,8 @@ only the standard library plus psycopg2 and boto3 from MLflow's virtualenv.
         waits until the database accepts connections (before MLflow starts: MLflow's own
         retries back off exponentially, up to ~50 s between attempts)
     python mlflow_db.py check
-        {"server_major": 17, "has_schema": true, "pg_dump_major": 16}
+        {"server_major": 17, "has_schema": true, "revision": "1b5f0d9ad7c1", "pg_dump_major": 16,
+         "head": "1b5f0d9ad7c1", "needs_upgrade": false}
     python mlflow_db.py dump --destination s3://bucket/backups --label host-3.16.0-to-3.17.2
         {"backup": "s3://bucket/backups/...pgdump", "bytes": 12345, ...}
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -36,6 +38,9 @@ from urllib.parse import unquote, urlsplit
 PG_DUMP_GLOB = "/usr/lib/postgresql/*/bin/pg_dump"
 # MLflow's schema exists once `mlflow db upgrade` ran at least once.
 SCHEMA_TABLE = "alembic_version"
+REVISION_LINE = re.compile(r"""^revision\s*=\s*["']([0-9a-z_]+)["']""", re.MULTILINE)
+# down_revision is None (the first), a string, or a tuple of strings (a merge).
+DOWN_REVISION_LINE = re.compile(r"""(?:^down_revision\s*=\s*\(?|,)\s*["']([0-9a-z_]+)["']""", re.M)
 
 
 class BackupError(Exception):
@@ -165,17 +170,49 @@ def wait_for(database: Database, timeout: float, interval: float = 1.0) -> float
 
 
 def server_facts(database: Database) -> dict[str, Any]:
-    """Server major version and whether MLflow's schema exists."""
+    """Server major version, whether MLflow's schema exists, and its revision (None if not)."""
     connection = connect(database)
+    revision = None
     try:
         with connection.cursor() as cursor:
             cursor.execute("SHOW server_version_num")
             version_num = int(cursor.fetchone()[0])
             cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (SCHEMA_TABLE,))
             has_schema = bool(cursor.fetchone()[0])
+            if has_schema:
+                cursor.execute(f"SELECT version_num FROM {SCHEMA_TABLE}")  # noqa: S608 constant
+                row = cursor.fetchone()
+                revision = row[0] if row else None
     finally:
         connection.close()
-    return {"server_major": version_num // 10000, "has_schema": has_schema}
+    return {"server_major": version_num // 10000, "has_schema": has_schema, "revision": revision}
+
+
+def release_head(versions_dir: str | None = None) -> str:
+    """The schema revision this virtualenv's MLflow serves: its newest migration.
+
+    Read from the migration scripts (alembic's `revision` / `down_revision` lines) instead of
+    importing MLflow, which takes seconds: the check runs on every playbook run.
+    """
+    if versions_dir is None:
+        spec = importlib.util.find_spec("mlflow")  # locates the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise BackupError("MLflow is not installed in this virtualenv")
+        versions_dir = os.path.join(
+            next(iter(spec.submodule_search_locations)), "store", "db_migrations", "versions"
+        )
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in glob.glob(os.path.join(versions_dir, "*.py")):
+        with open(path, encoding="utf-8") as script:
+            text = script.read()
+        if revision := REVISION_LINE.search(text):
+            revisions.add(revision.group(1))
+            parents.update(DOWN_REVISION_LINE.findall(text))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise BackupError(f"expected one newest migration in {versions_dir}, found {sorted(heads)}")
+    return heads.pop()
 
 
 class CheckedStream:
@@ -248,7 +285,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     wait_parser = commands.add_parser("wait", help="wait until the database accepts connections")
     wait_parser.add_argument("--timeout", type=float, default=80, help="seconds")
-    commands.add_parser("check", help="print the server's major version and pg_dump's")
+    commands.add_parser(
+        "check", help="print the server's major version, pg_dump's, and the schema revisions"
+    )
     dump_parser = commands.add_parser("dump", help="pg_dump the database to S3")
     dump_parser.add_argument("--destination", required=True, help="s3://bucket/prefix")
     dump_parser.add_argument("--label", required=True, help="added to the object's name")
@@ -269,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         candidates = pg_dump_candidates()
         facts["pg_dump_major"] = max(candidates, default=0)
         if args.command == "check":
-            result = facts
+            head = release_head()
+            result = {**facts, "head": head, "needs_upgrade": facts["revision"] != head}
         elif not facts["has_schema"]:
             result = {**facts, "backup": None, "reason": "no MLflow schema yet: nothing to back up"}
         else:
