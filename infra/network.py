@@ -14,10 +14,12 @@ from infra.settings import SettingsError
 AZ_COUNT = 2  # RDS needs a subnet group spanning at least two AZs
 
 
-def choose_azs(region: str, instance_type: str) -> tuple[list[str], str]:
-    """Pick AZ_COUNT zones of the region, the first one offering the instance type for the host.
+def choose_azs(region: str, instance_type: str, host_zones: int = 1) -> list[str]:
+    """Pick AZ_COUNT zones of the region; the first `host_zones` of them offer the instance type.
 
-    Looked up, never hard-coded. Local Zones and Wavelength Zones (opt-in) are left out.
+    Hosts go into the first zone (one host) or round-robin over all of them (several hosts),
+    so those zones must offer the type. Looked up, never hard-coded. Local Zones and
+    Wavelength Zones (opt-in) are left out.
     """
     zones = aws.get_availability_zones(
         state="available",
@@ -30,7 +32,7 @@ def choose_azs(region: str, instance_type: str) -> tuple[list[str], str]:
         ).locations
     )
     names = sorted(zones.names)
-    # Zones offering the instance type first, so the host can go into the first zone.
+    # Zones offering the instance type first, so the hosts can go into the first zones.
     ordered = [z for z in names if z in offered] + [z for z in names if z not in offered]
     if len(ordered) < AZ_COUNT:
         raise SettingsError(
@@ -43,7 +45,13 @@ def choose_azs(region: str, instance_type: str) -> tuple[list[str], str]:
             f"choose another type"
         )
     azs = ordered[:AZ_COUNT]
-    return azs, azs[0]
+    if not set(azs[:host_zones]) <= offered:
+        raise SettingsError(
+            f"instanceType {instance_type!r} is offered in only one zone of aws:region "
+            f"{region!r}; instances above 1 spread the servers over {AZ_COUNT} zones: choose "
+            f"another type"
+        )
+    return azs
 
 
 def plan_subnets(vpc_cidr: str, count: int) -> tuple[list[str], list[str]]:

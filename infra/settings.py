@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "instanceType": "t3.medium",
     "os": "ubuntu-24.04",
     "rootVolumeSize": 20,
+    "instances": 1,
+    "certificateArn": "",
     "vpcCidr": "10.0.0.0/16",
     "dbInstanceClass": "db.t4g.micro",
     "dbEngineVersion": "17",
@@ -59,6 +61,9 @@ _GIB_PER_VCPU = {"m": 4, "c": 2, "r": 8}
 _MCR_FAMILY = re.compile(r"^(?P<kind>[mcr])(?P<gen>\d+)(?P<suffix>[a-z]*)(?:-flex)?$")
 _SIZE_VCPUS = {"medium": 1, "large": 2, "xlarge": 4}
 
+# More hosts than this is a different architecture (autoscaling group, bigger database).
+MAX_INSTANCES = 10
+
 # RDS for PostgreSQL: majors in standard support for new instances.
 DB_ENGINE_VERSIONS = ("15", "16", "17", "18")
 _DB_FAMILIES = (
@@ -86,6 +91,9 @@ _DB_FAMILIES = (
 _DB_CLASS = re.compile(r"^db\.(?P<family>[a-z0-9]+)\.(?P<size>micro|small|medium|large|\d*xlarge)$")
 
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+$")
+_CERTIFICATE_ARN = re.compile(
+    r"^arn:aws(?:-[a-z]+)*:acm:(?P<region>[a-z0-9-]+):\d{12}:certificate/[0-9a-f-]{36}$"
+)
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 # Key prefix of the database backups in the artifact bucket (ansible role mlflow).
 BACKUP_PREFIX = "backups"
@@ -149,6 +157,9 @@ class Settings:
     artifact_prefix: str
     noncurrent_version_expiry_days: int
     force_destroy_artifacts: bool
+    # Defaults here too, so code that builds Settings by hand keeps today's one-host stack.
+    instances: int = 1
+    certificate_arn: str | None = None  # ACM certificate of the load balancer; None: self-signed
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
@@ -160,8 +171,10 @@ class Settings:
             )
         v = {**DEFAULTS, **{k: val for k, val in values.items() if val is not None}}
         instance_type = parse_instance_type("instanceType", v["instanceType"])
+        region = parse_region("aws:region", v.get("aws:region"))
+        instances = parse_int("instances", v["instances"], 1, MAX_INSTANCES)
         return cls(
-            region=parse_region("aws:region", v.get("aws:region")),
+            region=region,
             ssh_allowed_cidrs=parse_ssh_cidrs("sshAllowedCidrs", v.get("sshAllowedCidrs")),
             ssh_public_key=parse_ssh_public_key("sshPublicKey", v["sshPublicKey"]),
             instance_type=instance_type,
@@ -186,7 +199,16 @@ class Settings:
                 "noncurrentVersionExpiryDays", v["noncurrentVersionExpiryDays"], 1, 3650
             ),
             force_destroy_artifacts=parse_bool("forceDestroyArtifacts", v["forceDestroyArtifacts"]),
+            instances=instances,
+            certificate_arn=parse_certificate_arn(
+                "certificateArn", v["certificateArn"], region=region, instances=instances
+            ),
         )
+
+    @property
+    def load_balanced(self) -> bool:
+        """More than one host: they sit behind an Application Load Balancer."""
+        return self.instances > 1
 
     @property
     def image(self) -> OsImage:
@@ -424,6 +446,32 @@ def parse_db_instance_class(key: str, value: Any) -> str:
         raise SettingsError(
             f"{key} {text!r}: size {match['size']!r} exists only for db.t3 and db.t4g; "
             f"other families start at large"
+        )
+    return text
+
+
+def parse_certificate_arn(key: str, value: Any, *, region: str, instances: int) -> str | None:
+    """An ACM certificate ARN for the load balancer's HTTPS listener, or None (self-signed)."""
+    text = str(value).strip()
+    if not text:
+        return None
+    if instances == 1:
+        # Only the load balancer can use an ACM certificate (ACM never hands out its key).
+        raise SettingsError(
+            f"{key} is used only by the load balancer, which exists when instances is 2 or "
+            f"more: set instances, or unset {key} for one host with its own certificate"
+        )
+    match = _CERTIFICATE_ARN.match(text)
+    if not match:
+        raise SettingsError(
+            f"{key} {text!r} is not an ACM certificate ARN such as "
+            f"arn:aws:acm:{region}:123456789012:certificate/"
+            f"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+        )
+    if match["region"] != region:
+        raise SettingsError(
+            f"{key} {text!r} is in region {match['region']}: the load balancer in aws:region "
+            f"{region} can only use an ACM certificate of the same region"
         )
     return text
 

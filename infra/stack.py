@@ -2,7 +2,12 @@
 
 The outputs are the contract with the inventory plugin (see /work/contracts.md):
 `hosts`, `ssh_user`, `ssh_private_key` (secret, only when generated), `db_dsn` (secret),
-`artifacts_destination`, `region`, `url`.
+`artifacts_destination`, `region`, `url`; with several hosts and a self-signed load balancer
+certificate also `ca_certificate` (the PEM clients pin).
+
+One host (instances 1): the host takes HTTPS itself and `url` is its Elastic IP's DNS name.
+Several: they go round-robin into the public subnets of both zones behind an Application
+Load Balancer, which alone takes HTTPS from the world, and `url` is the load balancer's.
 """
 
 from __future__ import annotations
@@ -14,13 +19,12 @@ import pulumi
 
 from infra.compute import Server, ServerAccess
 from infra.database import Database
+from infra.loadbalancer import LoadBalancer
 from infra.naming import Naming
-from infra.network import Network, choose_azs
+from infra.network import AZ_COUNT, Network, choose_azs
 from infra.security import SecurityGroups
 from infra.settings import Settings
 from infra.storage import ArtifactStore
-
-HOST_COUNT = 1  # [scale] makes this a setting; `hosts` is already a list
 
 
 @dataclass
@@ -33,6 +37,7 @@ class MlflowStack:
     database: Database
     access: ServerAccess
     servers: list[Server]
+    load_balancer: LoadBalancer | None = None  # only with several hosts
     outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -44,17 +49,23 @@ class MlflowStack:
             self.database,
             self.access,
             *self.servers,
+            *([self.load_balancer] if self.load_balancer else []),
         ]
 
 
 def build_stack(settings: Settings) -> MlflowStack:
     """Declare every resource of the stack; returns its components and outputs."""
     naming = Naming.current()
-    azs, host_az = choose_azs(settings.region, settings.instance_type)
+    azs = choose_azs(
+        settings.region, settings.instance_type, host_zones=min(settings.instances, AZ_COUNT)
+    )
 
     network = Network(naming, cidr=settings.vpc_cidr, azs=azs)
     security = SecurityGroups(
-        naming, vpc_id=network.vpc.id, ssh_allowed_cidrs=settings.ssh_allowed_cidrs
+        naming,
+        vpc_id=network.vpc.id,
+        ssh_allowed_cidrs=settings.ssh_allowed_cidrs,
+        load_balancer=settings.load_balanced,
     )
     artifacts = ArtifactStore(
         naming,
@@ -73,21 +84,33 @@ def build_stack(settings: Settings) -> MlflowStack:
         bucket_arn=artifacts.bucket.arn,
         artifact_prefix=settings.artifact_prefix,
     )
-    host_subnet = network.public_subnets[azs.index(host_az)]
+    # Round-robin over the zones: host 1 in the first (the only one with instances 1).
+    subnets = network.public_subnets
     servers = [
         Server(
             naming,
             naming.host_name(i),
             settings=settings,
-            subnet_id=host_subnet.id,
+            subnet_id=subnets[(i - 1) % len(subnets)].id,
             security_group_id=security.web.id,
             access=access,
             internet_gateway=network.internet_gateway,
         )
-        for i in range(1, HOST_COUNT + 1)
+        for i in range(1, settings.instances + 1)
     ]
+    load_balancer = None
+    if security.lb is not None:  # settings.load_balanced
+        load_balancer = LoadBalancer(
+            naming,
+            vpc_id=network.vpc.id,
+            subnet_ids=[s.id for s in subnets],
+            security_group_id=security.lb.id,
+            instance_ids=[s.instance.id for s in servers],
+            certificate_arn=settings.certificate_arn,
+            deletion_protection=settings.deletion_protection,
+        )
 
-    stack = MlflowStack(network, security, artifacts, database, access, servers)
+    stack = MlflowStack(network, security, artifacts, database, access, servers, load_balancer)
     stack.outputs = stack_outputs(settings, stack)
     return stack
 
@@ -103,6 +126,11 @@ def stack_outputs(settings: Settings, stack: MlflowStack) -> dict[str, Any]:
         "region": settings.region,
         "url": stack.servers[0].elastic_ip.public_dns.apply(lambda dns: f"https://{dns}"),
     }
+    if stack.load_balancer is not None:
+        outputs["url"] = stack.load_balancer.url
+        if stack.load_balancer.certificate_pem is not None:
+            # Public by nature; plain so the operator's tools can write it for clients to pin.
+            outputs["ca_certificate"] = stack.load_balancer.certificate_pem
     if stack.access.generated_key is not None:
         outputs["ssh_private_key"] = pulumi.Output.secret(
             stack.access.generated_key.private_key_openssh

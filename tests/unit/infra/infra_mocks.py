@@ -12,6 +12,7 @@ whose apply asserts. Two guards keep an assertion from silently never running:
 from __future__ import annotations
 
 import itertools
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,19 @@ GENERATED_PUBLIC_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMOCKMOCKMOCKMOCKMOCKMOCKMOCKMOCKMOCKMOCKMOCK"
 )
 AMI_ID = "ami-0123456789abcdef0"
+ALB_DNS = f"mlflow-aws-test-alb-123456789.{REGION}.elb.amazonaws.com"
+SELF_SIGNED_PEM = "-----BEGIN CERTIFICATE-----\nMOCK-LB\n-----END CERTIFICATE-----\n"
+_HOST = re.compile(r"^mlflow-test-(\d+)")
+
+
+def host_addresses(index: int) -> dict[str, str]:
+    """The mock's addresses of host `index` (1-based); host 1 has the constants above."""
+    last = 9 + index
+    return {
+        "public_ip": f"203.0.113.{last}",
+        "private_ip": f"10.0.0.{last}",
+        "public_dns": f"ec2-203-0-113-{last}.{REGION}.compute.amazonaws.com",
+    }
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,8 @@ class Invoked:
 
 class RecordingMocks(pulumi.runtime.Mocks):
     """Answers with fixed, known values and records every resource and function call."""
+
+    offered_zones: list[str] = ZONES  # zones offering the instance type (a test may narrow it)
 
     def __init__(self) -> None:
         self.resources: list[Registered] = []
@@ -87,7 +103,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": ZONES, "zoneIds": ["euw1-az1", "euw1-az2", "euw1-az3"]}, []
         if args.token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
-            return {"locations": ZONES, "locationTypes": ["availability-zone"] * 3}, []
+            zones = self.offered_zones
+            return {"locations": zones, "locationTypes": ["availability-zone"] * len(zones)}, []
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": AMI_ID, "imageId": AMI_ID, "architecture": "x86_64"}, []
         return {}, []
@@ -98,9 +115,19 @@ def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     if typ == "aws:s3/bucket:Bucket":
         return {"bucket": BUCKET_NAME, "arn": f"arn:aws:s3:::{BUCKET_NAME}"}
     if typ == "aws:ec2/instance:Instance":
-        return {"privateIp": INSTANCE_PRIVATE_IP, "arn": f"arn:aws:ec2:{REGION}:1:instance/i-1"}
+        host = host_addresses(_host_index(name))
+        return {"privateIp": host["private_ip"], "arn": f"arn:aws:ec2:{REGION}:1:instance/{name}"}
     if typ == "aws:ec2/eip:Eip":
-        return {"publicIp": EIP_PUBLIC_IP, "publicDns": EIP_PUBLIC_DNS}
+        host = host_addresses(_host_index(name))
+        return {"publicIp": host["public_ip"], "publicDns": host["public_dns"]}
+    if typ == "aws:lb/loadBalancer:LoadBalancer":
+        return {"dnsName": ALB_DNS, "arn": f"arn:aws:elasticloadbalancing:{REGION}:1:lb/{name}"}
+    if typ in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):
+        return {"arn": f"arn:aws:elasticloadbalancing:{REGION}:1:{name}"}
+    if typ == "aws:acm/certificate:Certificate":
+        return {"arn": f"arn:aws:acm:{REGION}:1:certificate/{name}"}
+    if typ == "tls:index/selfSignedCert:SelfSignedCert":
+        return {"certPem": SELF_SIGNED_PEM}
     if typ == "aws:rds/instance:Instance":
         return {"address": DB_ADDRESS, "endpoint": f"{DB_ADDRESS}:5432"}
     if typ == "random:index/randomPassword:RandomPassword":
@@ -111,6 +138,7 @@ def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         return {
             "privateKeyOpenssh": GENERATED_PRIVATE_KEY,
             "publicKeyOpenssh": GENERATED_PUBLIC_KEY,
+            "privateKeyPem": "-----BEGIN PRIVATE KEY-----\nMOCK\n-----END PRIVATE KEY-----\n",
         }
     if typ == "aws:iam/role:Role":
         return {"arn": f"arn:aws:iam::1:role/{name}", "name": name}
@@ -121,6 +149,12 @@ def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     if typ == "aws:rds/subnetGroup:SubnetGroup":
         return {"name": name}
     return {}
+
+
+def _host_index(name: str) -> int:
+    match = _HOST.match(name)
+    assert match, f"unexpected host resource name {name}"
+    return int(match[1])
 
 
 class OptionsRecordingMonitor(MockMonitor):

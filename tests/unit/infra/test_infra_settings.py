@@ -17,6 +17,8 @@ RSA_KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAABQDDESIz"
 # An ed25519 blob behind an ssh-rsa label: the line lies about its type.
 MISLABELLED_KEY = "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIAblW2M0gfe7BylX6rzxEMly6GaRw8/tq+CIAkv/5C8j"
 
+CERT_ARN = f"arn:aws:acm:{REGION}:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
 # (overrides, the key the message must name, a fragment saying what is wrong or allowed)
 BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
     ({"aws:region": None}, "aws:region", "is required"),
@@ -55,6 +57,22 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
     ({"rootVolumeSize": "big"}, "rootVolumeSize", "whole number"),
     ({"rootVolumeSize": True}, "rootVolumeSize", "whole number"),
     ({"rootVolumeSize": 20.5}, "rootVolumeSize", "whole number"),
+    ({"instances": 0}, "instances", "a whole number from 1 to 10"),
+    ({"instances": 11}, "instances", "a whole number from 1 to 10"),
+    ({"instances": "x"}, "instances", "a whole number from 1 to 10"),
+    ({"instances": "2.5"}, "instances", "a whole number from 1 to 10"),
+    ({"instances": True}, "instances", "a whole number from 1 to 10"),
+    ({"certificateArn": CERT_ARN}, "certificateArn", "only by the load balancer"),
+    (
+        {"certificateArn": "arn:aws:acm:eu-west-1:123456789012:cert/x", "instances": 3},
+        "certificateArn",
+        "not an ACM certificate ARN",
+    ),
+    (
+        {"certificateArn": CERT_ARN.replace(REGION, "us-east-1"), "instances": 3},
+        "certificateArn",
+        "same region",
+    ),
     ({"vpcCidr": "10.0.0.0"}, "vpcCidr", "/16 to /24"),
     ({"vpcCidr": "10.0.0.0/8"}, "vpcCidr", "/16 to /24"),
     ({"vpcCidr": "10.0.0.0/25"}, "vpcCidr", "/16 to /24"),
