@@ -37,6 +37,14 @@ HEALTH_CHECK = {
     "healthy_threshold": 2,
     "unhealthy_threshold": 2,
 }
+# Seconds the load balancer needs to stop sending requests to a server whose /health fails (two
+# failed checks 10 s apart, plus a margin), and to send them again after it passes. Exported as
+# `drain_seconds`: the playbook's rolling restarts wait this long around each host.
+DRAIN_SECONDS = (
+    HEALTH_CHECK["interval"]
+    * max(HEALTH_CHECK["unhealthy_threshold"], HEALTH_CHECK["healthy_threshold"])
+    + 5
+)
 # Seconds a deregistered server keeps finishing its in-flight requests: short, so a rolling
 # restart moves on quickly; MLflow's API calls take well under a second.
 DEREGISTRATION_DELAY = 30

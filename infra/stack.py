@@ -3,7 +3,8 @@
 The outputs are the contract with the inventory plugin (see /work/contracts.md):
 `hosts`, `ssh_user`, `ssh_private_key` (secret, only when generated), `db_dsn` (secret),
 `artifacts_destination`, `region`, `url`; with several hosts and a self-signed load balancer
-certificate also `ca_certificate` (the PEM clients pin).
+certificate also `ca_certificate` (the PEM clients pin); with several hosts `drain_seconds`
+(how long the load balancer takes to stop or resume sending requests to a host).
 
 One host (instances 1): the host takes HTTPS itself and `url` is its Elastic IP's DNS name.
 Several: they go round-robin into the public subnets of both zones behind an Application
@@ -19,7 +20,7 @@ import pulumi
 
 from infra.compute import Server, ServerAccess
 from infra.database import Database
-from infra.loadbalancer import LoadBalancer
+from infra.loadbalancer import DRAIN_SECONDS, LoadBalancer
 from infra.naming import Naming
 from infra.network import AZ_COUNT, Network, choose_azs
 from infra.security import SecurityGroups
@@ -128,6 +129,7 @@ def stack_outputs(settings: Settings, stack: MlflowStack) -> dict[str, Any]:
     }
     if stack.load_balancer is not None:
         outputs["url"] = stack.load_balancer.url
+        outputs["drain_seconds"] = DRAIN_SECONDS
         if stack.load_balancer.certificate_pem is not None:
             # Public by nature; plain so the operator's tools can write it for clients to pin.
             outputs["ca_certificate"] = stack.load_balancer.certificate_pem

@@ -20,6 +20,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,6 +38,7 @@ from inventory_plugin.pulumi_stack import (
 
 GROUP_VARS_FILE = REPO_ROOT / "ansible" / "group_vars" / "all.yml"
 CREDENTIALS_DIR_ENV = "MLFLOW_AWS_CREDENTIALS_DIR"
+LOAD_BALANCER_CERT = "load-balancer.crt"
 ERROR_EXIT_CODE = 2
 
 
@@ -110,19 +112,35 @@ def read_password(stack_dir: Path, user: str) -> str:
 
 
 def export_lines(outputs: StackOutputs, stack_dir: Path, user: str, password: str) -> list[str]:
-    # The fetched self-signed certificate; a load balancer URL would need its own (first host).
-    cert = stack_dir / f"{outputs.hosts[0].name}.crt"
     lines = [
         f"export MLFLOW_TRACKING_URI={shlex.quote(outputs.url)}",
         f"export MLFLOW_TRACKING_USERNAME={shlex.quote(user)}",
         f"export MLFLOW_TRACKING_PASSWORD={shlex.quote(password)}",
     ]
-    if cert.is_file():
+    cert = client_certificate(outputs, stack_dir)
+    if cert is not None:
         lines.append(f"export MLFLOW_TRACKING_SERVER_CERT_PATH={shlex.quote(str(cert))}")
     else:
         # A CA-signed certificate needs no path; drop one left over from another stack.
         lines.append("unset MLFLOW_TRACKING_SERVER_CERT_PATH")
     return lines
+
+
+def client_certificate(outputs: StackOutputs, stack_dir: Path) -> Path | None:
+    """The self-signed certificate the URL presents, or None (a CA-signed one)."""
+    if outputs.ca_certificate is not None:  # the load balancer's, from the stack outputs
+        path = stack_dir / LOAD_BALANCER_CERT
+        stack_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text() != outputs.ca_certificate:
+            path.write_text(outputs.ca_certificate)
+            path.chmod(0o600)
+        return path
+    url_host = urlsplit(outputs.url).hostname
+    for host in outputs.hosts:
+        if url_host in (host.public_dns, host.public_ip):
+            cert = stack_dir / f"{host.name}.crt"  # fetched back by the playbook
+            return cert if cert.is_file() else None
+    return None  # a load balancer with the operator's CA-signed certificate
 
 
 def credentials_dir() -> Path:

@@ -146,6 +146,8 @@ class StackOutputs:
     # Seconds a load balancer needs to stop sending requests to a host whose /health fails
     # (0: no load balancer). Rolling restarts wait this long before and after each host.
     drain_seconds: int = 0
+    # The load balancer's self-signed certificate (PEM) for clients to pin; None otherwise.
+    ca_certificate: str | None = None
 
 
 # ---------------------------------------------------------------- loading the outputs
@@ -330,8 +332,16 @@ def validate_outputs(data: object, source: OutputsSource) -> StackOutputs:
             if (value := optional_string(data.get(name), f"output '{name}'", source))
         },
         drain_seconds=drain_seconds(data.get("drain_seconds", 0), source),
+        ca_certificate=pem_certificate(data.get("ca_certificate"), source),
         **strings,
     )
+
+
+def pem_certificate(value: object, source: OutputsSource) -> str | None:
+    text = optional_string(value, "output 'ca_certificate'", source)
+    if text is not None and "-----BEGIN CERTIFICATE-----" not in text:
+        raise content_error(source, "output 'ca_certificate' must be a PEM certificate")
+    return text
 
 
 def drain_seconds(value: object, source: OutputsSource) -> int:

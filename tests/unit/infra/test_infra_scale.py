@@ -366,7 +366,7 @@ def test_scaled_resources_are_tagged_and_named_for_the_stack():
 @pulumi.runtime.test
 def test_outputs_url_is_the_load_balancer_and_hosts_lists_every_host():
     outputs = fresh_stack(instances=3).outputs
-    assert set(outputs) == CONTRACT_KEYS | {"ssh_private_key", "ca_certificate"}
+    assert set(outputs) == CONTRACT_KEYS | {"ssh_private_key", "ca_certificate", "drain_seconds"}
 
     def check(values: list) -> None:
         url, hosts, pem = values
@@ -374,6 +374,8 @@ def test_outputs_url_is_the_load_balancer_and_hosts_lists_every_host():
         assert hosts == [{"name": f"mlflow-test-{i}", **host_addresses(i)} for i in (1, 2, 3)]
         assert pem == SELF_SIGNED_PEM
 
+    # Two failed health checks 10 s apart and a margin: what the playbook waits around restarts.
+    assert outputs["drain_seconds"] == 25
     names = ("url", "hosts", "ca_certificate")
     return pulumi.Output.all(*[outputs[n] for n in names]).apply(check)
 
@@ -437,4 +439,4 @@ def test_instances_from_pulumi_config_exports_the_load_balancer_url(stack_config
     pulumi.runtime.test(run_program)()
     assert len([r for r in MOCKS.resources if r.type == INSTANCE]) == 3
     assert len([r for r in MOCKS.resources if r.type == ALB]) == 1
-    assert set(exported) == CONTRACT_KEYS | {"ssh_private_key", "ca_certificate"}
+    assert set(exported) == CONTRACT_KEYS | {"ssh_private_key", "ca_certificate", "drain_seconds"}

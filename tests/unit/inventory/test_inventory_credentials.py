@@ -87,6 +87,49 @@ def test_without_a_certificate_file_no_cert_path(
     assert "MLFLOW_TRACKING_SERVER_CERT_PATH" not in shell_values(out)
 
 
+LB_PEM = "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n"
+
+
+def behind_a_load_balancer(
+    outputs: dict[str, Any], write_outputs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs["url"] = "https://mlflow-dev-alb-123.eu-west-1.elb.amazonaws.com"
+    outputs["drain_seconds"] = 25
+    monkeypatch.setenv("MLFLOW_AWS_OUTPUTS_FILE", str(write_outputs(outputs)))
+
+
+def test_behind_a_load_balancer_its_certificate_is_pinned(
+    stack: Path,
+    outputs: dict[str, Any],
+    write_outputs: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (stack / "mlflow-dev-1.crt").write_text("-----BEGIN CERTIFICATE-----\nhost\n")
+    outputs["ca_certificate"] = LB_PEM
+    behind_a_load_balancer(outputs, write_outputs, monkeypatch)
+    code, out, _ = run_main([], capsys)
+    assert code == 0
+    cert = stack / "load-balancer.crt"
+    assert shell_values(out)["MLFLOW_TRACKING_SERVER_CERT_PATH"] == str(cert)
+    assert cert.read_text() == LB_PEM
+    assert cert.stat().st_mode & 0o777 == 0o600
+
+
+def test_behind_a_load_balancer_with_a_ca_signed_certificate_no_cert_path(
+    stack: Path,
+    outputs: dict[str, Any],
+    write_outputs: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (stack / "mlflow-dev-1.crt").write_text("-----BEGIN CERTIFICATE-----\nhost\n")
+    behind_a_load_balancer(outputs, write_outputs, monkeypatch)
+    code, out, _ = run_main([], capsys)
+    assert code == 0
+    assert out.splitlines()[-1] == "unset MLFLOW_TRACKING_SERVER_CERT_PATH"
+
+
 def test_named_user_and_stack(
     stack: Path,
     tmp_path: Path,
