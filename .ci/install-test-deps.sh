@@ -15,6 +15,8 @@ PACKAGES=(
   openssh-client     # ssh / ssh-keygen
   postgresql         # the dedicated PostgreSQL cluster (initdb, pg_ctl)
   ca-certificates    # CA bundle copied into each host
+  haproxy            # stands in for the AWS load balancer in front of several hosts
+  openssl            # the stand-in load balancer's self-signed certificate
 )
 
 if [[ $(id -u) -ne 0 ]]; then

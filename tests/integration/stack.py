@@ -31,6 +31,10 @@ class Stack:
     # When the bed's hosts were booted (state.json `started_at`): a bed taken down and brought
     # up again (test_harness.py does) has new, unconfigured hosts.
     bed_started_at: float | None = None
+    # Outputs other than the bed's own (e.g. a load balancer's url in front of the hosts).
+    outputs_file: Path | None = None
+    # Extra ansible-playbook arguments of every run (e.g. another mlflow_version).
+    extra: tuple[str, ...] = ()
 
     @property
     def stack_dir(self) -> Path:
@@ -52,21 +56,27 @@ class Stack:
         )
 
     def configure(self, echo: bool = True) -> PlaybookRun:
+        return self.run_playbook(echo=echo)
+
+    def run_playbook(self, *extra: str, echo: bool = True) -> PlaybookRun:
         return run_playbook(
-            self.bed.outputs_file,
+            self.outputs_file or self.bed.outputs_file,
             self.credentials_dir,
             STACK,
-            ["-e", f"@{self.users_file}"],
+            ["-e", f"@{self.users_file}", *self.extra, *extra],
             echo=echo,
         )
 
 
-def configure_stack(testbed: Testbed, work: Path) -> Stack:
-    """Both hosts configured by a cold run, then a second run (which must change nothing)."""
+def configure_stack(
+    testbed: Testbed, work: Path, outputs_file: Path | None = None, extra: tuple[str, ...] = ()
+) -> Stack:
+    """The hosts configured by a cold run, then a second run (which must change nothing)."""
     credentials_dir = work / "credentials"
     users_file = work / "users.json"
     users_file.write_text(json.dumps({"mlflow_users": [{"name": user} for user in USERS]}))
     configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
+    configured.outputs_file, configured.extra = outputs_file, extra
     configured.bed_started_at = testbed.state().get("started_at")
     configured.cold = configured.configure().check()
     configured.rerun = configured.configure().check()

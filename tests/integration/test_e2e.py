@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.integration.hammer import Hammer
 from tests.integration.harness import Host
 from tests.integration.stack import USERS, Stack, wait_serving
 
@@ -187,61 +187,6 @@ def test_tracking_workflow_round_trip(stack: Stack, mlflow_env: Host, tmp_path: 
 # ----- operations ------------------------------------------------------------------------
 
 
-class Hammer:
-    """Authenticated keep-alive requests in a loop on a thread, counting every failure.
-
-    Like browsers and Go's HTTP client (RFC 9112 section 9.3.1), it resends a GET once, at
-    once, when the server closed a reused idle connection before answering: an nginx reload
-    closes its old workers' idle keep-alive connections, and a request crossing that close
-    never reached MLflow. Those resends are counted in `resent`; anything else is a failure.
-    """
-
-    def __init__(self, stack: Stack, host: Host, user: str) -> None:
-        self.stack, self.host, self.user = stack, host, user
-        self.password = stack.password(user)
-        self.ok = 0
-        self.resent = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        session = requests.Session()
-        session.auth = (self.user, self.password)
-        # Per request: a Session-level `verify` loses to REQUESTS_CA_BUNDLE in the environment.
-        cert = str(self.stack.cert(self.host))
-        url = self.stack.url(self.host, "/api/2.0/mlflow/experiments/search?max_results=1")
-        while not self._stop.is_set():
-            try:
-                try:
-                    response = session.get(url, timeout=30, verify=cert)
-                except requests.ConnectionError as error:
-                    if not _closed_before_answer(error):
-                        raise
-                    self.resent += 1
-                    response = session.get(url, timeout=30, verify=cert)
-                if response.ok:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"HTTP {response.status_code}")
-            except requests.RequestException as error:
-                self.failures.append(repr(error))
-
-    def __enter__(self) -> Hammer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-
-def _closed_before_answer(error: requests.ConnectionError) -> bool:
-    """Whether the server closed the connection without sending any response byte."""
-    text = repr(error)
-    return "RemoteDisconnected" in text or "ConnectionResetError" in text
-
-
 @pytest.fixture
 def restore_after(stack: Stack) -> Iterator[None]:
     yield
@@ -253,7 +198,8 @@ def test_rotation_refuses_old_password_at_once_and_drops_no_request(stack: Stack
     host = stack.bed.hosts[0]
     old = stack.password("alice")
     nginx_pid = host.run(["cat", "/run/nginx.pid"]).stdout.strip()
-    with Hammer(stack, host, "team") as hammer:
+    api = stack.url(host, "/api/2.0/mlflow/experiments/search?max_results=1")
+    with Hammer(api, ("team", stack.password("team")), stack.cert(host)) as hammer:
         (
             stack.stack_dir / "users" / "alice.password"
         ).unlink()  # what `make rotate USER=alice` does

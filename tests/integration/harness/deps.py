@@ -20,6 +20,8 @@ REQUIRED_COMMANDS = (
     "ssh",
     "ssh-keygen",
     "runuser",
+    "haproxy",  # the stand-in load balancer of the scale tests
+    "openssl",
 )
 
 

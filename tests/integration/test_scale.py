@@ -1,0 +1,215 @@
+"""[scale] Three MLflow hosts behind a load balancer (HAProxy standing in for the AWS ALB).
+
+Its own session (`make test-integration` runs it after the others, `-m scale`): three hosts
+of their own, PostgreSQL and moto as in every bed, and balancer.py's HAProxy on the test
+network's gateway. The stack outputs are the bed's with what a scaled Pulumi stack adds:
+`url` is the balancer's, `drain_seconds` its health-check time, `ca_certificate` its
+certificate. The hosts are first deployed on an older MLflow release, so the last test can
+upgrade them, one at a time, under load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.balancer import DRAIN_SECONDS, Balancer
+from tests.integration.hammer import Hammer
+from tests.integration.harness import HarnessError, Testbed, network
+from tests.integration.harness.deps import missing_prerequisites
+from tests.integration.harness.util import REPO_ROOT
+from tests.integration.playbook import PlaybookRun
+from tests.integration.stack import Stack, configure_stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.scale]
+
+HOSTS = 3
+OLD_VERSION = "3.16.1"  # deployed first; the upgrade test moves to the pinned release
+PINNED_VERSION = "3.17.2"
+API = "/api/2.0/mlflow/experiments/search?max_results=1"
+CONFIGURE_PLAY = "PLAY [Configure the MLflow servers]"
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    problems = missing_prerequisites()
+    if problems:
+        pytest.fail("scale tests need: " + "; ".join(problems), pytrace=False)
+    state_dir = (
+        os.environ.get("MLFLOW_AWS_SCALE_TESTBED_DIR") or REPO_ROOT / ".cache/testhosts-scale"
+    )
+    testbed = Testbed(state_dir)
+    try:
+        testbed.up(HOSTS, replace=True)
+    except HarnessError as error:
+        pytest.fail(f"test bed did not come up: {error}", pytrace=False)
+    yield testbed
+    if os.environ.get("MLFLOW_AWS_TESTBED_KEEP") != "1":
+        testbed.down()
+
+
+@pytest.fixture(scope="module")
+def balancer(bed: Testbed) -> Iterator[Balancer]:
+    lb = Balancer(bed.hosts, network.GATEWAY, bed.state_dir / "balancer").start()
+    yield lb
+    lb.stop()
+
+
+@pytest.fixture(scope="module")
+def scaled(bed: Testbed, balancer: Balancer, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """The three hosts configured behind the balancer on the older release (cold, then rerun)."""
+    outputs = bed.outputs() | {
+        "url": balancer.url,
+        "drain_seconds": DRAIN_SECONDS,
+        "ca_certificate": balancer.certificate.read_text(),
+    }
+    outputs_file = bed.state_dir / "outputs-balanced.json"
+    outputs_file.write_text(json.dumps(outputs))
+    work = tmp_path_factory.mktemp("scaled")
+    (work / "old.yml").write_text(f"mlflow_version: {OLD_VERSION}\n")
+    return configure_stack(bed, work, outputs_file, ("-e", f"@{work / 'old.yml'}"))
+
+
+def through(stack: Stack, balancer: Balancer, user: str = "team", **kwargs) -> requests.Response:
+    auth = (user, kwargs.pop("password", None) or stack.password(user))
+    return requests.get(
+        balancer.url + API, auth=auth, verify=balancer.certificate, timeout=30, **kwargs
+    )
+
+
+def configure_plays(run: PlaybookRun) -> int:
+    return run.output.count(CONFIGURE_PLAY)
+
+
+def drained_hosts(balancer: Balancer, since: int) -> Counter[str]:
+    """Hosts HAProxy took out because /health answered 503 (a drain, not a crash)."""
+    text = balancer.log.read_text()[since:]
+    return Counter(
+        re.findall(r"Server mlflow/(\S+) is DOWN, reason: Layer7 wrong status, code: 503", text)
+    )
+
+
+def test_first_deploy_configures_every_host_at_once_then_one_at_a_time(scaled: Stack) -> None:
+    assert configure_plays(scaled.cold) == 1  # all three hosts in one batch
+    assert configure_plays(scaled.rerun) == HOSTS  # serving: one host per batch
+    assert scaled.rerun.changed() == {h.name: 0 for h in scaled.bed.hosts}
+    cold, rerun = scaled.cold.seconds, scaled.rerun.seconds
+    print(f"\ncold deploy of {HOSTS} hosts {cold:.0f} s, no-op rerun host by host {rerun:.0f} s")
+
+
+def test_requests_spread_over_every_host(scaled: Stack, balancer: Balancer) -> None:
+    served = Counter()
+    for _ in range(30):
+        response = through(scaled, balancer)
+        assert response.status_code == 200
+        served[response.headers["X-Served-By"]] += 1
+    print(f"\n30 requests through the balancer: {dict(served)}")
+    assert set(served) == {h.name for h in scaled.bed.hosts}
+    assert through(scaled, balancer, password="not-the-password-at-all").status_code == 401
+
+
+def test_stopped_host_costs_no_request_once_the_health_check_drops_it(
+    scaled: Stack, balancer: Balancer
+) -> None:
+    host = scaled.bed.hosts[2]
+    try:
+        host.stop()
+        dropped = balancer.wait_for(host, "DOWN", 30)
+        with Hammer(
+            balancer.url + API, ("team", scaled.password("team")), balancer.certificate
+        ) as hammer:
+            for _ in range(50):
+                through(scaled, balancer)  # meanwhile, from a second client too
+        print(f"\n{host.name} stopped: dropped after {dropped:.1f} s; then {hammer.ok} requests, "
+              f"served by {dict(hammer.served_by)}")  # fmt: skip
+        assert hammer.failures == []
+        assert hammer.ok > 20
+        assert host.name not in hammer.served_by
+    finally:
+        scaled.bed.start_host(host)
+        balancer.wait_for(host, "UP", 180)
+
+
+def test_rolling_rotation_drops_no_request(scaled: Stack, balancer: Balancer) -> None:
+    old = scaled.password("alice")
+    (scaled.stack_dir / "users" / "alice.password").unlink()  # what `make rotate USER=alice` does
+    with Hammer(
+        balancer.url + API, ("team", scaled.password("team")), balancer.certificate
+    ) as hammer:
+        rotation = scaled.configure(echo=False).check()
+    new = scaled.password("alice")
+    print(f"\nrolling rotation {rotation.seconds:.0f} s: {hammer.ok} requests through the "
+          f"balancer, {hammer.resent} resent, served by {dict(hammer.served_by)}")  # fmt: skip
+    assert hammer.failures == []
+    assert hammer.ok > 20
+    assert configure_plays(rotation) == HOSTS
+    assert sorted(rotation.changed()) == sorted(h.name for h in scaled.bed.hosts)
+    assert all(count >= 1 for count in rotation.changed().values())
+    # Same credentials on every host: the new password everywhere, the old one nowhere.
+    for host in scaled.bed.hosts:
+        direct = scaled.url(host, API)
+        cert = scaled.cert(host)
+        assert requests.get(direct, auth=("alice", new), verify=cert, timeout=10).status_code == 200
+        assert requests.get(direct, auth=("alice", old), verify=cert, timeout=10).status_code == 401
+    answers = {through(scaled, balancer, "alice").status_code for _ in range(9)}
+    assert answers == {200}
+
+
+def test_rolling_upgrade_migrates_once_and_drops_no_request(
+    scaled: Stack, balancer: Balancer
+) -> None:
+    revision_before = scaled.bed.query("SELECT version_num FROM alembic_version")[0][0]
+    backups_before = set(scaled.bed.list_objects("backups/"))
+    log_start = balancer.log.stat().st_size
+    scaled.extra = ()  # the pinned release from now on
+    with Hammer(
+        balancer.url + API, ("team", scaled.password("team")), balancer.certificate
+    ) as hammer:
+        upgrade = scaled.configure(echo=False).check()
+    output = upgrade.output
+    print(f"\nrolling upgrade {OLD_VERSION} -> {PINNED_VERSION}, {HOSTS} hosts, "
+          f"{upgrade.seconds:.0f} s: {hammer.ok} requests through the balancer, {hammer.resent} "
+          f"resent, {len(hammer.failures)} failed; drained "
+          f"{dict(drained_hosts(balancer, log_start))}")  # fmt: skip
+    assert hammer.failures == []
+    assert configure_plays(upgrade) == HOSTS
+    # One migration (and one backup), before the first host restarts on the new release.
+    migrations = re.findall(r"TASK \[mlflow : Upgrade the database schema.*\*+\nchanged: ", output)
+    assert len(migrations) == 1
+    assert output.index("TASK [mlflow : Upgrade the database schema") < output.index(
+        "RUNNING HANDLER [systemd : Restart MLflow]"
+    )
+    assert len(set(scaled.bed.list_objects("backups/")) - backups_before) == 1
+    assert scaled.bed.query("SELECT version_num FROM alembic_version")[0][0] != revision_before
+    # Each host was drained (health check 503) before its restart, one after the other.
+    assert drained_hosts(balancer, log_start) == {h.name: 1 for h in scaled.bed.hosts}
+    for host in scaled.bed.hosts:
+        version = requests.get(scaled.url(host, "/version"), verify=scaled.cert(host), timeout=10)
+        assert version.text.strip() == PINNED_VERSION
+    assert scaled.configure(echo=False).check().changed() == {h.name: 0 for h in scaled.bed.hosts}
+
+
+def test_credentials_pin_the_balancers_certificate(scaled: Stack, balancer: Balancer) -> None:
+    """`make credentials` behind a load balancer: its URL and its certificate."""
+    env = os.environ | {
+        "MLFLOW_AWS_OUTPUTS_FILE": str(scaled.outputs_file),
+        "MLFLOW_AWS_CREDENTIALS_DIR": str(scaled.credentials_dir),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "inventory_plugin.credentials", "--stack", "e2e"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    values = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines()
+                  if line.startswith("export "))  # fmt: skip
+    assert values["MLFLOW_TRACKING_URI"] == balancer.url
+    pinned = Path(values["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    assert pinned.read_text() == balancer.certificate.read_text()
