@@ -100,7 +100,7 @@ lint: $(BIN)/.dev-installed ## ruff, yamllint and ansible-lint (production profi
 test-unit: $(BIN)/.dev-installed ## Unit tests only (no root, about a minute)
 	$(BIN)/pytest tests/unit -q
 
-test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (Linux, root)
+test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (Linux, root; MLFLOW_AWS_TESTBED_SLOT=N)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m "integration and not scale"
 	@# Its own session: three hosts behind a stand-in load balancer, after the two-host bed is down.
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m scale
@@ -111,8 +111,9 @@ molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, ver
 	@# destroy, syntax, create, converge, idempotence, verify, destroy: ansible/molecule/default.
 	@# Molecule's state lives in .cache and starts afresh; destroy.yml still takes down a bed a
 	@# killed run left up (it goes by the harness's state dir, not by molecule's state).
-	@rm -rf .cache/molecule-ephemeral; started=$$SECONDS; \
-	cd ansible && MOLECULE_EPHEMERAL_DIRECTORY="$(CURDIR)/.cache/molecule-ephemeral" \
+	@# MLFLOW_AWS_TESTBED_SLOT=N: a test bed slot of its own, and folders with the suffix N.
+	@rm -rf .cache/molecule-ephemeral$(MLFLOW_AWS_TESTBED_SLOT); started=$$SECONDS; \
+	cd ansible && MOLECULE_EPHEMERAL_DIRECTORY="$(CURDIR)/.cache/molecule-ephemeral$(MLFLOW_AWS_TESTBED_SLOT)" \
 		PATH="$(CURDIR)/$(BIN):$$PATH" molecule test; status=$$?; \
 	took="$$((SECONDS - started)) s"; \
 	if [ $$status -eq 0 ]; then echo ">> molecule test passed in $$took"; else \

@@ -6,7 +6,9 @@ end. It FAILS (never skips) when this machine cannot run test hosts, naming what
 Environment knobs:
 - MLFLOW_AWS_TESTBED_DIR: state dir (default <repo>/.cache/testhosts-pytest, so a bed
   brought up by hand with the CLI in <repo>/.cache/testhosts is never touched; while such a
-  bed is up the fixture fails, because the addresses are fixed and only one bed can run).
+  bed is up in the same slot the fixture fails, because a slot's addresses are fixed).
+- MLFLOW_AWS_TESTBED_SLOT=N (1..9): run in slot N, beside beds of other slots (another
+  bridge, subnet and ports; see harness/slot.py); the default state dir gets the suffix N.
 - MLFLOW_AWS_TESTBED_KEEP=1: leave the bed up after the session; the next session reuses it
   (seconds instead of a fresh boot). `python -m tests.integration.harness down --state-dir
   DIR` removes it.
@@ -26,6 +28,7 @@ import pytest
 
 from tests.integration.harness import HarnessError, Testbed
 from tests.integration.harness.deps import missing_prerequisites
+from tests.integration.harness.slot import from_env
 from tests.integration.harness.util import REPO_ROOT
 from tests.integration.stack import Stack, configure_stack, reconfigure_if_recreated
 
@@ -37,7 +40,7 @@ DEFAULT_DIR = REPO_ROOT / ".cache" / "testhosts-pytest"
 
 
 def testbed_state_dir() -> Path:
-    return Path(os.environ.get("MLFLOW_AWS_TESTBED_DIR") or DEFAULT_DIR)
+    return Path(os.environ.get("MLFLOW_AWS_TESTBED_DIR") or from_env().with_suffix(DEFAULT_DIR))
 
 
 @pytest.fixture(scope="session")

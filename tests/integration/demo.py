@@ -11,14 +11,21 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.integration.harness import HarnessError, Testbed
+from tests.integration.harness.slot import from_env
 from tests.integration.harness.util import REPO_ROOT
 from tests.integration.playbook import run_playbook
 
 STACK = "demo"
 STATE_DIR = REPO_ROOT / ".cache" / "demo"
 CREDENTIALS_DIR = REPO_ROOT / ".credentials"
+
+
+def state_dir() -> Path:
+    """.cache/demo, or .cache/demo<N> in slot N (MLFLOW_AWS_TESTBED_SLOT)."""
+    return from_env().with_suffix(STATE_DIR)
 
 
 def credentials_lines(outputs_file: os.PathLike[str]) -> str:
@@ -32,7 +39,7 @@ def credentials_lines(outputs_file: os.PathLike[str]) -> str:
 
 
 def up() -> int:
-    bed = Testbed(STATE_DIR)
+    bed = Testbed(state_dir())
     print(">> starting a Debian 12 test host, PostgreSQL and an S3-compatible endpoint", flush=True)
     bed.up(1)
     print(">> configuring it with the real playbook (a cold run takes a few minutes)", flush=True)
@@ -49,7 +56,7 @@ def up() -> int:
 
 
 def down() -> int:
-    Testbed(STATE_DIR).down()
+    Testbed(state_dir()).down()
     demo_credentials = CREDENTIALS_DIR / STACK
     if demo_credentials.exists():
         subprocess.run(["rm", "-rf", "--", str(demo_credentials)], check=True)

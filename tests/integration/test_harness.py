@@ -11,16 +11,20 @@ import subprocess
 import psycopg2
 import pytest
 
-from tests.integration.harness import HarnessError, Host, Testbed, deps
+from tests.integration.harness import HarnessError, Host, Slot, Testbed, deps, network
 from tests.integration.harness.network import IP_FORWARD
+from tests.integration.harness.slot import other_slots
 from tests.integration.harness.util import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
-REACH = """
-import socket, sys
-for port in (55432, 55900):
-    socket.create_connection(("10.77.0.1", port), timeout=5).close()
+
+def reach_script(slot: Slot) -> str:
+    """Python for a host: connect to PostgreSQL and moto on its slot's gateway."""
+    return f"""
+import socket
+for port in ({slot.pg_port}, {slot.s3_port}):
+    socket.create_connection(("{slot.gateway}", port), timeout=5).close()
 print("ok")
 """
 
@@ -64,7 +68,7 @@ def test_hosts_have_their_own_identity(testbed: Testbed) -> None:
 
 def test_hosts_reach_postgres_and_moto_on_the_bridge(testbed: Testbed) -> None:
     for host in testbed.hosts:
-        assert host.ssh(["python3", "-c", REACH]).stdout.strip() == "ok"
+        assert host.ssh(["python3", "-c", reach_script(testbed.slot)]).stdout.strip() == "ok"
 
 
 def test_hosts_reach_each_other_by_name(testbed: Testbed) -> None:
@@ -94,11 +98,12 @@ def test_outputs_file_has_the_stack_outputs_shape(testbed: Testbed) -> None:
     assert outputs["ssh_user"] == "admin"
     assert outputs["ssh_private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert outputs["db_dsn"].startswith("postgresql://mlflow:")
-    assert outputs["db_dsn"].endswith("@10.77.0.1:55432/mlflow")
+    slot = testbed.slot  # slot 0: 10.77.0.1:55432, hosts 10.77.0.11..., moto :55900
+    assert outputs["db_dsn"].endswith(f"@{slot.gateway}:{slot.pg_port}/mlflow")
     assert outputs["artifacts_destination"] == "s3://mlflow-artifacts-test/mlflow-artifacts"
     assert outputs["region"] == "us-east-1"
-    assert outputs["url"] == "https://10.77.0.11"
-    assert outputs["s3_endpoint_url"] == "http://10.77.0.1:55900"
+    assert outputs["url"] == f"https://{slot.host_ip(1)}"
+    assert outputs["s3_endpoint_url"] == f"http://{slot.gateway}:{slot.s3_port}"
     assert outputs["s3_access_key_id"] == outputs["s3_secret_access_key"] == "testing"
 
 
@@ -176,6 +181,25 @@ def test_up_again_reuses_a_healthy_bed_and_refuses_another_size(testbed: Testbed
         Testbed(testbed.state_dir).up(len(testbed.hosts) + 1)
 
 
+def test_a_bed_in_another_slot_runs_beside(testbed: Testbed) -> None:
+    """A second bed (1 host) in another slot: up, SSH, its own services, down, nothing left."""
+    slot = Slot(2 if testbed.slot.number == 1 else 1)
+    beside = Testbed(REPO_ROOT / ".cache" / f"testhosts-pytest-beside{slot.number}", slot)
+    try:
+        beside.up(1, replace=True)
+        host = beside.hosts[0]
+        assert (host.name, host.ip) == (f"mlflow-t{slot.number}-1", f"10.77.{slot.number}.11")
+        host.ssh(["true"])
+        assert host.ssh(["python3", "-c", reach_script(slot)]).stdout.strip() == "ok"
+        assert beside.query("SELECT 1") == [(1,)]
+    finally:
+        beside.down()
+    assert beside.leftovers() == []
+    # The first bed lost nothing, not even forwarding (restored only by the last bed's down).
+    assert testbed.health_problems() == []
+    assert IP_FORWARD.read_text().strip() == "1"
+
+
 def test_prerequisites_name_root_when_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the `testbed` fixture fails with on a machine where it cannot run."""
     monkeypatch.setattr(deps.os, "geteuid", lambda: 1000)
@@ -202,7 +226,9 @@ def test_down_leaves_nothing_behind(testbed: Testbed) -> None:
     testbed.down()
     testbed.down()  # idempotent
     assert testbed.leftovers() == []
-    assert IP_FORWARD.read_text().strip() == ip_forward_before
+    # Beds of other slots (e.g. a developer's) keep forwarding on until the last one is down.
+    others_up = any(network.link_exists(s.bridge) for s in other_slots(testbed.slot))
+    assert IP_FORWARD.read_text().strip() == ("1" if others_up else ip_forward_before)
     assert not (testbed.state_dir / "hosts").exists()
     testbed.up(2)
     assert all(h.ssh_ready() for h in testbed.hosts)

@@ -8,7 +8,8 @@ import os
 import sys
 
 from .rootfs import BaseImage
-from .testbed import DEFAULT_STATE_DIR, Testbed
+from .slot import ENV_VAR
+from .testbed import Testbed
 from .util import HarnessError, say
 
 
@@ -17,7 +18,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m tests.integration.harness",
         description="Debian 12 test hosts (systemd-nspawn) + PostgreSQL + moto S3. Needs root.",
     )
-    parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="%(default)s")
+    parser.add_argument("--state-dir", help="default <repo>/.cache/testhosts, + N in slot N")
+    parser.add_argument("--slot", help=f"0..9: sets {ENV_VAR} (default: its value, else 0)")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="boot hosts and services, write outputs.json")
     up.add_argument("--hosts", type=int, default=2, help="number of hosts (default 2)")
@@ -30,15 +32,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         sub.add_argument("cmd", nargs=argparse.REMAINDER)
     for name in ("stop", "start", "reboot"):
         commands.add_parser(name, help=f"{name} one host").add_argument("host")
-    # `--state-dir` is accepted after the sub-command too (`down --state-dir DIR`).
+    # `--state-dir` and `--slot` are accepted after the sub-command too (`down --slot 1`).
     for sub in commands.choices.values():
         sub.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--slot", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.slot is not None:
+        os.environ[ENV_VAR] = args.slot  # validated by Testbed, as a value from the environment
     testbed = Testbed(args.state_dir)
+    slot = testbed.slot
+    say(f"slot {slot.number} ({ENV_VAR}): bridge {slot.bridge} {slot.subnet}, {testbed.state_dir}")
     command = args.command
     if command == "up":
         testbed.up(args.hosts)
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "build-base":
         print(BaseImage().ensure())
     elif command == "status":
-        report = {"state": testbed.state(), "resources": testbed.leftovers()}
+        report = {"slot": slot.number, "state": testbed.state(), "resources": testbed.leftovers()}
         if testbed.is_up():
             report["health_problems"] = testbed.health_problems()
         print(json.dumps(report, indent=2))

@@ -1,8 +1,9 @@
 """Per-host cgroup directories: where each host's nspawn and all its processes live.
 
 The machine does not run systemd, so nobody else gives nspawn a cgroup: the supervisor of
-each host moves itself into `<root>/mlflow-testhosts/<host>` of every cgroup hierarchy
-nspawn uses (name=systemd and unified on a hybrid machine; the single root on cgroup v2).
+each host moves itself into `<root>/<group>/<host>` of every cgroup hierarchy nspawn uses
+(name=systemd and unified on a hybrid machine; the single root on cgroup v2). The group is
+the slot's (`mlflow-testhosts`, `mlflow-testhosts3`...; see slot.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import signal
 from pathlib import Path
 
 CGROUP_FS = Path("/sys/fs/cgroup")
-GROUP = "mlflow-testhosts"
 
 
 def roots() -> list[Path]:
@@ -26,8 +26,8 @@ def roots() -> list[Path]:
     return [CGROUP_FS / "systemd"]
 
 
-def host_dirs(name: str) -> list[Path]:
-    return [root / GROUP / name for root in roots()]
+def host_dirs(group: str, name: str) -> list[Path]:
+    return [root / group / name for root in roots()]
 
 
 def pids(directory: Path) -> list[int]:
@@ -42,9 +42,9 @@ def pids(directory: Path) -> list[int]:
     return found
 
 
-def kill_all(name: str) -> int:
+def kill_all(group: str, name: str) -> int:
     """SIGKILL every process left in the host's cgroups; return how many were signalled."""
-    victims = {pid for directory in host_dirs(name) for pid in pids(directory)}
+    victims = {pid for directory in host_dirs(group, name) for pid in pids(directory)}
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -60,15 +60,20 @@ def remove(directory: Path) -> None:
             Path(current).rmdir()
 
 
-def remove_host(name: str) -> None:
-    for directory in host_dirs(name):
+def remove_host(group: str, name: str) -> None:
+    for directory in host_dirs(group, name):
         remove(directory)
 
 
-def remove_group() -> None:
+def remove_group(group: str) -> None:
     for root in roots():
-        remove(root / GROUP)
+        remove(root / group)
 
 
-def leftovers() -> list[str]:
-    return [str(root / GROUP) for root in roots() if (root / GROUP).exists()]
+def host_names(group: str) -> list[str]:
+    """Hosts with a cgroup directory in `group` (their processes may outlive a state dir)."""
+    return sorted({d.name for root in roots() for d in (root / group).glob("*/")})
+
+
+def leftovers(group: str) -> list[str]:
+    return [str(root / group) for root in roots() if (root / group).exists()]

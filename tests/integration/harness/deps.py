@@ -6,7 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .util import REPO_ROOT, HarnessError, run, say
+from .slot import GLOBAL_LOCK
+from .util import REPO_ROOT, HarnessError, file_lock, run, say
 
 INSTALL_SCRIPT = REPO_ROOT / ".ci" / "install-test-deps.sh"
 
@@ -70,8 +71,12 @@ def ensure_packages() -> None:
         return
     if os.geteuid() != 0:
         raise HarnessError(f"missing {', '.join(missing)}; run as root: sudo bash {INSTALL_SCRIPT}")
-    say(f"missing {', '.join(missing)}: running {INSTALL_SCRIPT}")
-    run(["bash", INSTALL_SCRIPT], capture=False, timeout=900)
+    # Beds of other slots may be starting too: one install at a time (dpkg has a lock, but
+    # fails instead of waiting for it), and re-check once it is ours.
+    with file_lock(GLOBAL_LOCK):
+        if missing_commands():
+            say(f"missing {', '.join(missing)}: running {INSTALL_SCRIPT}")
+            run(["bash", INSTALL_SCRIPT], capture=False, timeout=900)
     still = missing_commands()
     if still:
         raise HarnessError(f"still missing after {INSTALL_SCRIPT}: {', '.join(still)}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import cgroups, network
 from .network import HostAddress
+from .slot import Slot
 from .util import HarnessError, process_alive, quiet, run, say, wait_for
 
 SUPERVISOR = Path(__file__).with_name("supervise.py")
@@ -40,17 +41,18 @@ def _argv(command: Command) -> list[str]:
 class Host:
     """A booted (or bootable) test host. `run` acts as root inside; `ssh` as a user over SSH."""
 
-    def __init__(self, name: str, index: int, state_dir: Path, ssh_dir: Path) -> None:
-        self.name = name
+    def __init__(self, slot: Slot, index: int, state_dir: Path, ssh_dir: Path) -> None:
+        self.name = f"{slot.host_prefix}{index}"
         self.index = index
-        self.address = HostAddress(index)
+        self.slot = slot
+        self.address = HostAddress(index, slot)
         self.ip = self.address.ip
         self.mac = self.address.mac
-        self.dns_name = f"{name}.test"
-        self.dir = state_dir / "hosts" / name
+        self.dns_name = f"{self.name}.test"
+        self.dir = state_dir / "hosts" / self.name
         self.upper, self.work, self.merged = (self.dir / d for d in ("upper", "work", "merged"))
         self.pid_file = self.dir / "supervisor.pid"
-        self.console_log = state_dir / "logs" / f"{name}.console.log"
+        self.console_log = state_dir / "logs" / f"{self.name}.console.log"
         self.ssh_key = ssh_dir / "id_ed25519"
         self.known_hosts = ssh_dir / "known_hosts"
 
@@ -87,8 +89,8 @@ class Host:
             "--console=read-only", f"--network-namespace-path={network.NETNS_DIR / self.name}",
             "--resolv-conf=off", "--timezone=off", "--link-journal=no",
         ]  # fmt: skip
-        cgroup_args = [arg for d in cgroups.host_dirs(self.name) for arg in ("--cgroup", str(d))]
-        argv = [sys.executable, str(SUPERVISOR), "--ip", self.ip, "--bridge", network.BRIDGE]
+        cgroup_args = [arg for d in self._cgroup_dirs() for arg in ("--cgroup", str(d))]
+        argv = [sys.executable, str(SUPERVISOR), "--ip", self.ip, "--bridge", self.slot.bridge]
         with self.console_log.open("ab") as log:
             proc = subprocess.Popen(
                 [*argv, *cgroup_args, "--", *nspawn],
@@ -110,7 +112,7 @@ class Host:
 
     def leader_pid(self) -> int | None:
         """PID (on the machine) of the host's PID 1, found through the host's cgroups."""
-        for directory in cgroups.host_dirs(self.name):
+        for directory in self._cgroup_dirs():
             for pid in cgroups.pids(directory):
                 if _ns_pid(pid) == 1:
                     return pid
@@ -126,7 +128,7 @@ class Host:
             except HarnessError:
                 say(f"{self.name} did not stop within {timeout:.0f} s: killing it")
                 os.kill(pid, signal.SIGKILL)
-        killed = cgroups.kill_all(self.name)
+        killed = cgroups.kill_all(self.slot.cgroup_group, self.name)
         if killed:
             wait_for(f"{self.name}'s processes to die", lambda: not self._cgroup_pids(), 10)
         self.pid_file.unlink(missing_ok=True)
@@ -134,8 +136,11 @@ class Host:
             say(f"{self.merged} busy: detaching it (umount --lazy)")
             run(["umount", "--lazy", self.merged])
 
+    def _cgroup_dirs(self) -> list[Path]:
+        return cgroups.host_dirs(self.slot.cgroup_group, self.name)
+
     def _cgroup_pids(self) -> list[int]:
-        return [p for d in cgroups.host_dirs(self.name) for p in cgroups.pids(d)]
+        return [p for d in self._cgroup_dirs() for p in cgroups.pids(d)]
 
     def reboot(self, timeout: float = 60) -> float:
         """Reboot from inside (`systemctl reboot`); return seconds until SSH answers again."""
@@ -151,7 +156,7 @@ class Host:
         """Forget the host: stop it, drop its network, cgroups and files."""
         self.stop()
         network.remove_host_link(self.name, self.address.veth)
-        cgroups.remove_host(self.name)
+        cgroups.remove_host(self.slot.cgroup_group, self.name)
         if self.dir.exists():
             run(["rm", "-rf", "--one-file-system", self.dir])
 
@@ -348,12 +353,17 @@ def any_mounts_under(directory: Path) -> list[str]:
     return [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
 
 
-def unmount_stray_overlays(cache_root: Path) -> None:
-    """Unmount every overlay whose lower layer is one of our cached base trees."""
+def unmount_stray_overlays(cache_root: Path, slot: Slot) -> None:
+    """Unmount the slot's host overlays (<dir>/<host name>/merged) on one of our base trees.
+
+    By host name: the base is shared, and other slots' hosts run on it too.
+    """
     marker = f"lowerdir={cache_root}/"
     for line in Path("/proc/self/mounts").read_text().splitlines():
         _source, target, fstype, options = line.split()[:4]
-        if fstype == "overlay" and marker in options:
+        mount_point = Path(target)
+        ours = mount_point.name == "merged" and mount_point.parent.name.startswith(slot.host_prefix)
+        if fstype == "overlay" and marker in options and ours:
             quiet(["umount", "--lazy", target])
 
 

@@ -9,7 +9,6 @@ files written, commands run): change any of it and the next `up` builds a new ba
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .util import run, run_with_progress, say
+from .util import file_lock, run, run_with_progress, say
 
 CACHE_ROOT = Path("/var/cache/mlflow-aws-testhosts")
 SUITE = "bookworm"
@@ -150,8 +149,9 @@ class BaseImage:
         """Return the rootfs path, building it first when no complete cache exists."""
         if self.is_complete():
             return self.rootfs
-        self.cache_root.mkdir(parents=True, exist_ok=True)
-        with _lock(self.cache_root / ".lock"):
+        # Shared by every slot and checkout: a machine-wide lock, so two beds starting at once
+        # build it once; the second waits, then finds it complete (the marker is written last).
+        with file_lock(self.cache_root / ".lock"):
             if not self.is_complete():  # another process may have built it meanwhile
                 self._build()
         return self.rootfs
@@ -206,13 +206,6 @@ class BaseImage:
                 path.unlink()
         # Empty (not missing) machine-id: each host gets its own on first boot.
         (tree / "etc/machine-id").write_text("")
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """The services the hosts use: a dedicated PostgreSQL cluster and a moto S3 server.
 
-Both listen on the bridge address (10.77.0.1) so the hosts reach them like RDS and S3;
-PostgreSQL also listens on 127.0.0.1 for the tests. Their files live in the state dir.
+Both listen on the slot's bridge address (10.77.N.1) so the hosts reach them like RDS and S3;
+PostgreSQL also listens on 127.0.0.1 for the tests. Ports are the slot's (55432 and 55900 in
+slot 0, +10 per slot). Their files live in the state dir.
 """
 
 from __future__ import annotations
@@ -18,23 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from . import deps
-from .network import GATEWAY, SUBNET
+from .slot import Slot
 from .util import REPO_ROOT, HarnessError, process_alive, run, say, wait_for
 
 SqlParams = tuple[Any, ...] | dict[str, Any] | None
 
-PG_PORT = 55432
 PG_DB = "mlflow"
 PG_USER = "mlflow"
-S3_PORT = 55900
 S3_BUCKET = "mlflow-artifacts-test"
 S3_KEY = "testing"
 S3_REGION = "us-east-1"
 
-PG_CONF = f"""
+
+def pg_conf(slot: Slot) -> str:
+    return f"""
 # mlflow-aws test harness
-listen_addresses = '{GATEWAY},127.0.0.1'
-port = {PG_PORT}
+listen_addresses = '{slot.gateway},127.0.0.1'
+port = {slot.pg_port}
 password_encryption = scram-sha-256
 max_connections = 100
 # Throwaway test data: durability is not worth the disk waits.
@@ -43,11 +44,13 @@ synchronous_commit = off
 full_page_writes = off
 """
 
-PG_HBA = f"""\
+
+def pg_hba(slot: Slot) -> str:
+    return f"""\
 # mlflow-aws test harness: the superuser only over the socket, mlflow by password.
 local all postgres peer
 host {PG_DB} {PG_USER} 127.0.0.1/32 scram-sha-256
-host {PG_DB} {PG_USER} {SUBNET} scram-sha-256
+host {PG_DB} {PG_USER} {slot.subnet} scram-sha-256
 """
 
 
@@ -60,13 +63,14 @@ def random_password(length: int = 32) -> str:
 class Postgres:
     """A PostgreSQL cluster of its own (initdb/pg_ctl as user postgres), not the system one."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, slot: Slot) -> None:
+        self.slot = slot
         self.dir = state_dir / "postgres"
         self.data = self.dir / "data"
         self.socket_dir = self.dir / "run"
         self.log = state_dir / "logs" / "postgres.log"
         self.password_file = self.dir / "mlflow.password"
-        self.port = PG_PORT
+        self.port = slot.pg_port
 
     @property
     def bindir(self) -> Path:
@@ -79,7 +83,8 @@ class Postgres:
     def password(self) -> str:
         return self.password_file.read_text().strip()
 
-    def dsn(self, host: str = GATEWAY) -> str:
+    def dsn(self, host: str | None = None) -> str:
+        host = host or self.slot.gateway
         return f"postgresql://{PG_USER}:{self.password}@{host}:{self.port}/{PG_DB}"
 
     def _as_postgres(self, argv: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess:
@@ -110,8 +115,8 @@ class Postgres:
              "--locale=C.UTF-8", "--auth-local=peer", "--auth-host=scram-sha-256"],
         )  # fmt: skip
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(PG_CONF + f"unix_socket_directories = '{self.socket_dir}'\n")
-        (self.data / "pg_hba.conf").write_text(PG_HBA)
+            conf.write(pg_conf(self.slot) + f"unix_socket_directories = '{self.socket_dir}'\n")
+        (self.data / "pg_hba.conf").write_text(pg_hba(self.slot))
         self.password_file.write_text(random_password() + "\n")
         self.password_file.chmod(0o600)
         self.start()
@@ -128,7 +133,7 @@ class Postgres:
             [self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"],
             timeout=90,
         )
-        say(f"PostgreSQL listening on {GATEWAY}:{self.port} and 127.0.0.1:{self.port}")
+        say(f"PostgreSQL listening on {self.slot.gateway}:{self.port} and 127.0.0.1:{self.port}")
 
     def stop(self) -> None:
         """Fast shutdown (as in a DB outage; clients are disconnected)."""
@@ -171,14 +176,15 @@ def moto_server_path() -> Path:
 
 
 class MotoS3:
-    """moto's S3 server on 10.77.0.1:55900 (in memory: a restart loses every object)."""
+    """moto's S3 server on the slot's gateway (in memory: a restart loses every object)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, slot: Slot) -> None:
+        self.gateway = slot.gateway
         self.dir = state_dir / "moto"
         self.pid_file = self.dir / "moto.pid"
         self.log = state_dir / "logs" / "moto.log"
-        self.port = S3_PORT
-        self.endpoint_url = f"http://{GATEWAY}:{S3_PORT}"
+        self.port = slot.s3_port
+        self.endpoint_url = f"http://{self.gateway}:{self.port}"
         self.bucket = S3_BUCKET
 
     def pid(self) -> int | None:
@@ -195,14 +201,14 @@ class MotoS3:
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [str(moto_server_path()), "-H", GATEWAY, "-p", str(S3_PORT)]
+        argv = [str(moto_server_path()), "-H", self.gateway, "-p", str(self.port)]
         with self.log.open("ab") as log:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         self.pid_file.write_text(f"{proc.pid}\n")
-        wait_for(f"moto S3 on {GATEWAY}:{S3_PORT}", self._answers, 30)
+        wait_for(f"moto S3 on {self.gateway}:{self.port}", self._answers, 30)
         say(f"moto S3 listening on {self.endpoint_url}")
 
     def _answers(self) -> bool:

@@ -1,19 +1,18 @@
 """The whole test bed: N hosts + PostgreSQL + moto S3 + network, described by a state dir.
 
 Everything `down` needs is written to `<state dir>/state.json` BEFORE it is created, and
-every machine-wide object has a fixed name, so `down` works after a crash too. Only one
-test bed can be up per machine (the addresses are fixed); /run/mlflow-aws-testhosts/owner
-names the state dir of the one that is.
+every machine-wide object has a fixed name derived from the bed's slot (slot.py), so `down`
+works after a crash too. One bed per slot can be up (the slot's run dir's `owner` file names
+its state dir); beds in different slots run side by side. net.ipv4.ip_forward is the one
+setting they share: it is restored only when the last bed goes down.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,10 @@ from . import cgroups, deps, hosts, network
 from .hosts import Host
 from .rootfs import CACHE_ROOT, BaseImage
 from .services import S3_BUCKET, S3_KEY, S3_REGION, MotoS3, Postgres, SqlParams
-from .util import REPO_ROOT, HarnessError, run, say
+from .slot import ENV_VAR, GLOBAL_LOCK, Slot, from_env, other_slots
+from .util import REPO_ROOT, HarnessError, file_lock, run, say
 
-DEFAULT_STATE_DIR = REPO_ROOT / ".cache" / "testhosts"
-RUN_DIR = Path("/run/mlflow-aws-testhosts")
-OWNER_FILE = RUN_DIR / "owner"
-FORWARD_FILE = RUN_DIR / "ip_forward_before"  # survives a lost state dir (until a reboot)
-HOST_PREFIX = "mlflow-test-"
+STATE_DIR_BASE = REPO_ROOT / ".cache" / "testhosts"
 SSH_USER = "admin"
 ARTIFACTS_PREFIX = "mlflow-artifacts"
 
@@ -36,14 +32,19 @@ ARTIFACTS_PREFIX = "mlflow-artifacts"
 class Testbed:
     """Test hosts and services for end-to-end tests. Construct, then `up()`; `down()` at the end.
 
-    Attributes: `state_dir`, `hosts` (list of Host), `outputs_file` (stack outputs JSON),
-    `ssh_key` / `known_hosts` (paths), `postgres` (Postgres), `s3` (MotoS3).
+    Attributes: `slot` (Slot: names and addresses), `state_dir`, `hosts` (list of Host),
+    `outputs_file` (stack outputs JSON), `ssh_key` / `known_hosts` (paths), `postgres`
+    (Postgres), `s3` (MotoS3). The slot defaults to MLFLOW_AWS_TESTBED_SLOT's.
     """
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, state_dir: Path | str | None = None) -> None:
-        self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).resolve()
+    def __init__(self, state_dir: Path | str | None = None, slot: Slot | None = None) -> None:
+        self.slot = slot or from_env()
+        self.state_dir = Path(state_dir or default_state_dir(self.slot)).resolve()
+        self.owner_file = self.slot.run_dir / "owner"
+        # Survives a lost state dir (until a reboot).
+        self.forward_file = self.slot.run_dir / "ip_forward_before"
         self.state_file = self.state_dir / "state.json"
         self.outputs_file = self.state_dir / "outputs.json"
         self.ssh_dir = self.state_dir / "ssh"
@@ -51,8 +52,9 @@ class Testbed:
         self.known_hosts = self.ssh_dir / "known_hosts"
         self.logs_dir = self.state_dir / "logs"
         self.credentials_dir = self.state_dir / "credentials"
-        self.postgres = Postgres(self.state_dir)
-        self.s3 = MotoS3(self.state_dir)
+        self.postgres = Postgres(self.state_dir, self.slot)
+        self.s3 = MotoS3(self.state_dir, self.slot)
+        self._refuse_other_slot()
         self.hosts: list[Host] = self._hosts_from_state()
 
     # ----- state -----------------------------------------------------------------------
@@ -67,16 +69,26 @@ class Testbed:
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.rename(self.state_file)
 
+    def _refuse_other_slot(self) -> None:
+        """Refuse a bed recorded in another slot: we would reach (and tear down) another bed.
+
+        State files without a slot predate slots: they are slot 0's.
+        """
+        recorded = self.state().get("slot", 0) if self.state_file.exists() else None
+        if recorded not in (None, self.slot.number):
+            raise HarnessError(
+                f"the test bed in {self.state_dir} is in slot {recorded}, not "
+                f"{self.slot.number}: set {ENV_VAR}={recorded} (CLI: --slot {recorded})"
+            )
+
     def _make_hosts(self, count: int) -> list[Host]:
-        return [
-            Host(f"{HOST_PREFIX}{i}", i, self.state_dir, self.ssh_dir) for i in range(1, count + 1)
-        ]
+        return [Host(self.slot, i, self.state_dir, self.ssh_dir) for i in range(1, count + 1)]
 
     def _hosts_from_state(self) -> list[Host]:
         return self._make_hosts(int(self.state().get("host_count", 0)))
 
     def host(self, name_or_index: str | int) -> Host:
-        """A host by name (`mlflow-test-1`) or by 1-based index."""
+        """A host by name (`mlflow-test-1`, `mlflow-t3-1` in slot 3) or by 1-based index."""
         for host in self.hosts:
             if name_or_index in (host.name, host.index):
                 return host
@@ -91,13 +103,14 @@ class Testbed:
         """Bring everything up, or reuse it when it is already up, healthy, with as many hosts.
 
         A bed in this state dir that is unhealthy or of another size is refused, or taken
-        down first when `replace` is true. A bed of another state dir is always refused.
+        down first when `replace` is true. A running bed of another state dir in the same
+        slot is always refused.
         """
         if not 1 <= host_count <= 50:
             raise HarnessError(f"--hosts must be 1..50, not {host_count}")
         deps.require_ready()
-        with _machine_lock():
-            _refuse_if_other_owner(self.state_dir)
+        with _slot_lock(self.slot):
+            _refuse_if_other_owner(self.state_dir, self.slot)
             try:
                 if self._reuse(host_count):
                     return self
@@ -137,14 +150,15 @@ class Testbed:
         return True
 
     def _bring_up(self, host_count: int) -> None:
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
-        OWNER_FILE.write_text(f"{self.state_dir}\n")
-        if not FORWARD_FILE.exists():  # a crashed bed may have left ip_forward=1 already
-            FORWARD_FILE.write_text(network.read_ip_forward() + "\n")
+        # Under the global lock: another slot's `down` decides on ip_forward by our owner file.
+        with file_lock(GLOBAL_LOCK):
+            self.owner_file.write_text(f"{self.state_dir}\n")
+            if not self.forward_file.exists():  # a crashed bed may have left it behind
+                self.forward_file.write_text(_ip_forward_before(self.slot) + "\n")
         mtu = network.uplink_mtu()
         self._save_state(
-            status="starting", host_count=host_count, mtu=mtu,
-            ip_forward_before=FORWARD_FILE.read_text().strip(), started_at=time.time(),
+            status="starting", slot=self.slot.number, host_count=host_count, mtu=mtu,
+            ip_forward_before=self.forward_file.read_text().strip(), started_at=time.time(),
         )  # fmt: skip
         self.state_dir.chmod(0o755)  # user postgres must traverse it to its data dir
         _remove(self.credentials_dir)  # new hosts, new host keys
@@ -152,8 +166,8 @@ class Testbed:
         base = BaseImage().ensure()
         self._save_state(base=str(base))
         self._ensure_ssh_key()
-        network.create_bridge(mtu)
-        network.enable_forwarding()
+        network.create_bridge(self.slot, mtu)
+        network.enable_forwarding(self.slot)
         self._boot_hosts(base, mtu)
         self._save_state(status="up")
         self.write_outputs()
@@ -240,11 +254,12 @@ class Testbed:
         }
 
     def print_summary(self) -> None:
+        say(f"slot:         {self.slot.number} ({ENV_VAR}), bridge {self.slot.bridge}")
         say(f"state dir:    {self.state_dir}")
         say(f"outputs:      {self.outputs_file}")
         for host in self.hosts:
             say(f"host:         {host.name} {host.ip}  ssh {' '.join(host.ssh_argv())}")
-        say(f"PostgreSQL:   {network.GATEWAY}:{self.postgres.port} (db/user mlflow)")
+        say(f"PostgreSQL:   {self.slot.gateway}:{self.postgres.port} (db/user mlflow)")
         say(f"S3 (moto):    {self.s3.endpoint_url} bucket {self.s3.bucket}")
 
     # ----- helpers for tests -----------------------------------------------------------
@@ -263,50 +278,66 @@ class Testbed:
         """Stop and remove everything; idempotent, and works from the state dir after a crash."""
         if os.geteuid() != 0:
             raise HarnessError("down needs root (it unmounts and deletes network devices)")
-        with _machine_lock():
-            _refuse_if_other_owner(self.state_dir)
+        with _slot_lock(self.slot):
+            _refuse_if_other_owner(self.state_dir, self.slot)
             started = time.monotonic()
             self._tear_down()
             say(f"down in {time.monotonic() - started:.1f} s")
 
     def _tear_down(self) -> None:
         state = self.state()
-        known = (int(state.get("host_count", 0)), _hosts_on_disk(self), _hosts_in_cgroups())
+        counts = (_hosts_on_disk(self), _hosts_in_cgroups(self.slot))
+        known = (int(state.get("host_count", 0)), *counts)
         self.hosts = self._make_hosts(max(known))
         hosts.stop_all(self.hosts)
         for host in self.hosts:
             host.remove()
         hosts.unmount_all_under(self.state_dir)
-        hosts.unmount_stray_overlays(CACHE_ROOT)  # e.g. after the state dir itself was deleted
+        hosts.unmount_stray_overlays(CACHE_ROOT, self.slot)  # e.g. the state dir was deleted
         self.s3.stop()
         if self.postgres.data.exists():
             self.postgres.stop()
-        forward = state.get("ip_forward_before")
-        if forward is None and FORWARD_FILE.exists():
-            forward = FORWARD_FILE.read_text().strip()
-        if forward is None and network.link_exists(network.BRIDGE):
-            say("net.ipv4.ip_forward before `up` unknown: left as it is")
-        network.remove_network(HOST_PREFIX, forward)
-        FORWARD_FILE.unlink(missing_ok=True)
-        cgroups.remove_group()
+        self._release_network(state.get("ip_forward_before"))
+        cgroups.remove_group(self.slot.cgroup_group)
         for path in (self.state_dir / "hosts", self.postgres.dir, self.s3.dir):
             _remove(path)
         for path in (self.credentials_dir, self.state_file, self.outputs_file):
             _remove(path)
-        if OWNER_FILE.exists() and OWNER_FILE.read_text().strip() == str(self.state_dir):
-            OWNER_FILE.unlink()
         self.hosts = []
 
+    def _release_network(self, forward: str | None) -> None:
+        """Remove the network, give up the slot (owner file), restore ip_forward if we are last.
+
+        All under the global lock. A bed starting in another slot records ip_forward before
+        we restore it (the original value) or after it sees us (ours, the same). Two beds
+        going down: the second one sees the first gone (bridge AND owner) and restores it.
+        """
+        if forward is None and self.forward_file.exists():
+            forward = self.forward_file.read_text().strip()
+        with file_lock(GLOBAL_LOCK):
+            busy = _slots_in_use(self.slot)
+            if busy and forward is not None:
+                say(f"net.ipv4.ip_forward left as it is: slot(s) {busy} still up")
+                forward = None
+            elif forward is None and network.link_exists(self.slot.bridge):
+                say("net.ipv4.ip_forward before `up` unknown: left as it is")
+            network.remove_network(self.slot, forward)
+            self.forward_file.unlink(missing_ok=True)
+            owner = self.owner_file
+            if owner.exists() and owner.read_text().strip() == str(self.state_dir):
+                owner.unlink()
+
     def leftovers(self) -> list[str]:
-        """What of ours still exists on the machine (empty after a clean `down`)."""
-        found = [f"netns {n}" for n in network.leftover_netns(HOST_PREFIX)]
-        found += [f"veth {v}" for v in network.leftover_veths()]
-        if network.link_exists(network.BRIDGE):
-            found.append(f"bridge {network.BRIDGE}")
-        if network.nft_table_exists():
-            found.append(f"nft table {network.NFT_TABLE}")
+        """What of this slot still exists on the machine (empty after a clean `down`)."""
+        slot = self.slot
+        found = [f"netns {n}" for n in network.leftover_netns(slot)]
+        found += [f"veth {v}" for v in network.leftover_veths(slot)]
+        if network.link_exists(slot.bridge):
+            found.append(f"bridge {slot.bridge}")
+        if network.nft_table_exists(slot):
+            found.append(f"nft table {slot.nft_table}")
         found += [f"mount {m}" for m in hosts.any_mounts_under(self.state_dir)]
-        found += [f"cgroup {c}" for c in cgroups.leftovers()]
+        found += [f"cgroup {c}" for c in cgroups.leftovers(slot.cgroup_group)]
         if self.postgres.is_running():
             found.append("postgres running")
         if self.s3.pid() is not None:
@@ -314,19 +345,44 @@ class Testbed:
         return found
 
 
+def default_state_dir(slot: Slot) -> Path:
+    """<repo>/.cache/testhosts in slot 0, .cache/testhosts<N> in slot N."""
+    return slot.with_suffix(STATE_DIR_BASE)
+
+
+def _ip_forward_before(slot: Slot) -> str:
+    """ip_forward as it was before any bed: a bed up in another slot has set it to 1."""
+    for other in other_slots(slot):
+        recorded = other.run_dir / "ip_forward_before"
+        if recorded.exists():
+            return recorded.read_text().strip()
+    return network.read_ip_forward()
+
+
+def _slots_in_use(slot: Slot) -> list[int]:
+    """Other slots with a bed up (or on its way up or down): their bridge or owner file."""
+    return [
+        other.number
+        for other in other_slots(slot)
+        if network.link_exists(other.bridge) or (other.run_dir / "owner").exists()
+    ]
+
+
 def _hosts_on_disk(testbed: Testbed) -> int:
     """Hosts a crashed `up` may have created before recording them."""
     host_root = testbed.state_dir / "hosts"
     if not host_root.is_dir():
         return 0
-    numbers = [p.name.removeprefix(HOST_PREFIX) for p in host_root.iterdir()]
+    prefix = testbed.slot.host_prefix
+    names = [p.name for p in host_root.iterdir() if p.name.startswith(prefix)]
+    numbers = [name.removeprefix(prefix) for name in names]
     return max((int(n) for n in numbers if n.isdigit()), default=0)
 
 
-def _hosts_in_cgroups() -> int:
+def _hosts_in_cgroups(slot: Slot) -> int:
     """Hosts whose processes may outlive a lost state dir: their cgroups are named for them."""
-    names = [d.name for root in cgroups.roots() for d in (root / cgroups.GROUP).glob("*/")]
-    numbers = [n.removeprefix(HOST_PREFIX) for n in names if n.startswith(HOST_PREFIX)]
+    names = cgroups.host_names(slot.cgroup_group)
+    numbers = [n.removeprefix(slot.host_prefix) for n in names if n.startswith(slot.host_prefix)]
     return max((int(n) for n in numbers if n.isdigit()), default=0)
 
 
@@ -338,32 +394,29 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _refuse_if_other_owner(state_dir: Path) -> None:
-    """Refuse while another state dir's bed runs; take down one whose processes are all gone.
+def _refuse_if_other_owner(state_dir: Path, slot: Slot) -> None:
+    """Refuse while another state dir's bed runs in the slot; take down one with no process.
 
     A machine restored from a snapshot, or rebooted, keeps the owner file and state dir but
-    none of the processes: such a bed serves nobody and only blocks the fixed names.
+    none of the processes: such a bed serves nobody and only blocks the slot's names.
     """
-    if not OWNER_FILE.exists():
+    owner_file = slot.run_dir / "owner"
+    if not owner_file.exists():
         return
-    owner = Path(OWNER_FILE.read_text().strip())
+    owner = Path(owner_file.read_text().strip())
     if owner == state_dir or not (owner / "state.json").exists():
         return
-    other = Testbed(owner)
+    other = Testbed(owner, slot)
     if other.is_running_anything():
         raise HarnessError(
-            f"another test bed is up on this machine (state dir {owner}); the addresses are "
-            f"fixed, so only one can run: `python -m tests.integration.harness down "
-            f"--state-dir {owner}` first"
+            f"another test bed is up in slot {slot.number} (state dir {owner}): `python -m "
+            f"tests.integration.harness down --state-dir {owner}` first, or use another slot "
+            f"({ENV_VAR}=1..9, CLI --slot)"
         )
     say(f"the test bed of {owner} has no running process left (crash or restore): taking it down")
     other._tear_down()
 
 
-@contextlib.contextmanager
-def _machine_lock() -> Iterator[None]:
-    """One up/down at a time on this machine."""
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    with (RUN_DIR / "lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+def _slot_lock(slot: Slot) -> contextlib.AbstractContextManager[None]:
+    """One up/down at a time per slot (other slots' run in parallel)."""
+    return file_lock(slot.run_dir / "lock")
