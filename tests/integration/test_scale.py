@@ -1,8 +1,8 @@
 """[scale] Three MLflow hosts behind a load balancer (HAProxy standing in for the AWS ALB).
 
-Its own session (`make test-integration` runs it after the others, `-m scale`): three hosts
-of their own, PostgreSQL and moto as in every bed, and balancer.py's HAProxy on the test
-network's gateway. The stack outputs are the bed's with what a scaled Pulumi stack adds:
+A bed of its own in the next slot (`make test-integration` runs it as a second session,
+`-m scale`): three hosts, PostgreSQL and moto as in every bed, and balancer.py's HAProxy on
+the test network's gateway. The stack outputs are the bed's with what a scaled Pulumi stack adds:
 `url` is the balancer's, `drain_seconds` its health-check time, `ca_certificate` its
 certificate. The hosts are first deployed on an older MLflow release, so the last test can
 upgrade them, one at a time, under load.
@@ -24,8 +24,9 @@ import requests
 
 from tests.integration.balancer import DRAIN_SECONDS, Balancer
 from tests.integration.hammer import Hammer
-from tests.integration.harness import HarnessError, Testbed, network
+from tests.integration.harness import HarnessError, Slot, Testbed
 from tests.integration.harness.deps import missing_prerequisites
+from tests.integration.harness.slot import from_env
 from tests.integration.harness.util import REPO_ROOT
 from tests.integration.playbook import PlaybookRun
 from tests.integration.stack import Stack, configure_stack
@@ -44,10 +45,9 @@ def bed() -> Iterator[Testbed]:
     problems = missing_prerequisites()
     if problems:
         pytest.fail("scale tests need: " + "; ".join(problems), pytrace=False)
-    state_dir = (
-        os.environ.get("MLFLOW_AWS_SCALE_TESTBED_DIR") or REPO_ROOT / ".cache/testhosts-scale"
-    )
-    testbed = Testbed(state_dir)
+    # The next slot: runs beside the two-host bed when both are in one session.
+    slot = Slot((from_env().number + 1) % 10)
+    testbed = Testbed(REPO_ROOT / ".cache" / f"testhosts-scale{slot.suffix}", slot=slot)
     try:
         testbed.up(HOSTS, replace=True)
     except HarnessError as error:
@@ -59,7 +59,7 @@ def bed() -> Iterator[Testbed]:
 
 @pytest.fixture(scope="module")
 def balancer(bed: Testbed) -> Iterator[Balancer]:
-    lb = Balancer(bed.hosts, network.GATEWAY, bed.state_dir / "balancer").start()
+    lb = Balancer(bed.hosts, bed.slot.gateway, bed.state_dir / "balancer").start()
     yield lb
     lb.stop()
 
