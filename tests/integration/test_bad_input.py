@@ -93,6 +93,8 @@ CASES = [
          pulumi_config={"mlflow-aws:dbEngineVersion": "13"}),
     Case("pulumi-prefix-of-the-backups", "pulumi", ["artifactPrefix 'backups'", "database backups"],
          pulumi_config={"mlflow-aws:artifactPrefix": "backups"}),
+    Case("pulumi-instances-out-of-range", "pulumi", ["instances", "1 to 10"],
+         pulumi_config={"mlflow-aws:instances": "11"}),
     Case("pulumi-typo-in-a-setting", "pulumi", ["unknown setting instanceTyp", "instanceType"],
          pulumi_config={"mlflow-aws:instanceTyp": "t3.large"}),
     # The inventory plugin's outputs file and configuration.
@@ -104,6 +106,8 @@ CASES = [
          "is not an IP address"], outputs=set_host_ip("ten.0.0.1")),
     Case("outputs-dsn-not-postgresql", "inventory", ["mlflow_db_dsn must start with one of",
          "postgresql://"], outputs=set_dsn("mysql://mlflow:pw@db:3306/mlflow")),
+    Case("outputs-drain-seconds-not-a-number", "inventory", ["output 'drain_seconds' must be an "
+         "integer from 0 to 600"], outputs=lambda o: o.update(drain_seconds="25")),
     Case("outputs-file-missing", "inventory", ["does not exist", "pulumi stack output --json"],
          env={"MLFLOW_AWS_OUTPUTS_FILE": "/nonexistent/outputs.json"}),
     Case("inventory-bad-stack-name", "inventory", ["invalid stack name '../prod'"],
@@ -122,6 +126,10 @@ CASES = [
          "md5"], extra_vars={"nginx_basic_auth_hash_scheme": "md5"}),
     Case("role-ssh-settings-not-a-dict", "role", ["ssh_hardening_settings", "dict"],
          extra_vars={"ssh_hardening_settings": "PasswordAuthentication no"}),
+    Case("role-rolling-batch-not-a-size", "role", ["mlflow_rolling_batch must be a number of hosts",
+         "'one'"], extra_vars={"mlflow_rolling_batch": "one"}),
+    Case("role-db-migrate-unknown", "role", ["mlflow_db_migrate", "auto, always"],
+         extra_vars={"mlflow_db_migrate": "never"}),
     Case("role-backups-need-s3", "role", ["mlflow_db_backup_destination must be an s3://"],
          extra_vars={"mlflow_db_backup_destination": "/var/backups/mlflow"}),
     # The users list.
