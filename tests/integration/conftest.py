@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.figures import FIGURES
 from tests.integration.harness import HarnessError, Testbed
 from tests.integration.harness.deps import missing_prerequisites
 from tests.integration.harness.slot import from_env
@@ -73,6 +74,14 @@ def _stack_follows_the_bed(
     if "stack" in request.fixturenames:
         stack: Stack = request.getfixturevalue("stack")
         reconfigure_if_recreated(stack, tmp_path_factory.mktemp("stack"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Every measured figure of the run in one place (figures.figure), passing tests too."""
+    if FIGURES:
+        terminalreporter.section("measured figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

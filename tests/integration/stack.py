@@ -12,6 +12,7 @@ from pathlib import Path
 
 import requests
 
+from tests.integration.figures import figure
 from tests.integration.harness import Host, Testbed
 from tests.integration.playbook import PlaybookRun, run_playbook
 
@@ -80,9 +81,7 @@ def configure_stack(
     configured.bed_started_at = testbed.state().get("started_at")
     configured.cold = configured.configure().check()
     configured.rerun = configured.configure().check()
-    print(
-        f"\ncold converge {configured.cold.seconds:.0f} s, rerun {configured.rerun.seconds:.0f} s"
-    )
+    figure(f"cold converge {configured.cold.seconds:.0f} s, rerun {configured.rerun.seconds:.0f} s")
     return configured
 
 

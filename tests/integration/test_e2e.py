@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.integration.figures import figure
 from tests.integration.hammer import Hammer
 from tests.integration.harness import Host
 from tests.integration.stack import USERS, Stack, wait_serving
@@ -208,7 +209,7 @@ def test_rotation_refuses_old_password_at_once_and_drops_no_request(stack: Stack
     new = stack.password("alice")
     assert new != old
     assert rotation.changed()[host.name] >= 1
-    print(f"\n{hammer.ok} answered during the rotation, {hammer.resent} resent after a reload")
+    figure(f"{hammer.ok} answered during the rotation, {hammer.resent} resent after a reload")
     assert hammer.failures == []
     assert hammer.ok > 10
     assert hammer.resent <= 1  # one reload, one connection
@@ -232,5 +233,5 @@ def test_host_reboot_serves_again_without_manual_step(stack: Stack, restore_afte
     host = stack.bed.hosts[1]
     host.reboot()
     seconds = wait_serving(stack, host, 120)
-    print(f"\n{host.name} serving {seconds:.1f} s after its reboot completed")
+    figure(f"{host.name} serving {seconds:.1f} s after its reboot completed")
     assert host.systemctl("is-enabled", "mlflow").stdout.strip() == "enabled"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.figures import figure
 from tests.integration.harness import Host
 from tests.integration.harness.util import REPO_ROOT
 from tests.integration.stack import STACK, Stack
@@ -84,7 +85,7 @@ def client_python() -> Path:
     """The examples' virtualenv, built (first time: about a minute) by the Makefile's own rule."""
     result, seconds = run(["make", "--no-print-directory", CLIENT_MARKER], clean_env(), 1200)
     assert result.returncode == 0, result.stdout + result.stderr
-    print(f"\n.venv-client ready in {seconds:.0f} s")
+    figure(f".venv-client ready in {seconds:.0f} s")
     return REPO_ROOT / ".venv-client" / "bin" / "python"
 
 
@@ -111,7 +112,7 @@ def iris_run(stack: Stack, client_python: Path) -> ExampleRun:
     experiment = f"examples-iris-{time.time_ns()}"
     command = ["make", "--no-print-directory", "example", "NAME=iris_random_forest"]
     example = logged_run(*run([*command, f"ARGS=--experiment {experiment}"], env))
-    print(f"\niris_random_forest via make example: {example.seconds:.1f} s")
+    figure(f"iris_random_forest via make example: {example.seconds:.1f} s")
     return example
 
 
@@ -121,7 +122,7 @@ def llm_run(stack: Stack, client_python: Path) -> ExampleRun:
     env = tracking_env(stack, stack.bed.hosts[0])
     command = [str(client_python), "examples/llm_evaluation.py"]
     example = logged_run(*run([*command, "--experiment", f"examples-llm-{time.time_ns()}"], env))
-    print(f"\nllm_evaluation: {example.seconds:.1f} s")
+    figure(f"llm_evaluation: {example.seconds:.1f} s")
     return example
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from tests.integration.figures import figure
 from tests.integration.harness import Host
 from tests.integration.playbook import PlaybookRun, run_playbook
 from tests.integration.stack import STACK, Stack, wait_serving
@@ -227,11 +228,11 @@ def assert_failures_within(result: LoadResult, start: float, end: float) -> None
 def test_nothing_lost_under_load(stack: Stack, client_env: None, tmp_path: Path) -> None:
     load = Load(stack, stack.bed.hosts[0], tmp_path, rounds=62, interval=1.0, batch=50)
     result = load.run()
-    print(f"\nload: {result.summary()}")
+    figure(f"load: {result.summary()}")
     assert result.failures == []  # no 5xx, nor anything else
     assert result.seconds >= 60
     values, artifacts = load.read_back(tmp_path)
-    print(f"load: read back {values} values and {artifacts} artifacts")
+    figure(f"load: read back {values} values and {artifacts} artifacts")
     assert values >= 20_000
     assert artifacts >= 50
     assert values == 8 * 62 * 50
@@ -250,8 +251,8 @@ def test_database_unreachable_when_mlflow_starts(stack: Stack, serving_after: No
     state = host.systemctl("show", "-p", "SubState", "--value", "mlflow").stdout.strip()
     stack.bed.postgres.start()
     seconds = wait_serving(stack, host, 120)
-    print(
-        f"\ndatabase down at start: HTTP {down.status_code} while down (unit {state}); "
+    figure(
+        f"database down at start: HTTP {down.status_code} while down (unit {state}); "
         f"serving {seconds:.1f} s after the database came back"
     )
     assert down.status_code >= 500
@@ -268,8 +269,8 @@ def test_database_restart_mid_load(
     times = result.fault_times
     recovered = result.first_success_after(times["db start done"])
     last_failure = max((t for t, _ in result.failures), default=times["db stop"])
-    print(
-        f"\ndatabase restart under load: {result.summary()}; outage "
+    figure(
+        f"database restart under load: {result.summary()}; outage "
         f"{times['db start done'] - times['db stop']:.1f} s, first success "
         f"{recovered - times['db start done']:.1f} s and last failure "
         f"{last_failure - times['db start done']:.1f} s after the database was back"
@@ -297,8 +298,8 @@ def test_mlflow_killed_under_load(
     result = load.run([(8, "kill", kill)])
     killed = result.fault_times["kill"]
     recovered = result.first_success_after(max((t for t, _ in result.failures), default=killed))
-    print(
-        f"\nkill -9 under load: {result.summary()}; serving again {recovered - killed:.1f} s "
+    figure(
+        f"kill -9 under load: {result.summary()}; serving again {recovered - killed:.1f} s "
         "after the kill"
     )
     assert_failures_within(result, killed, killed + 30)
@@ -315,8 +316,8 @@ def test_host_reboot_under_load(
     result = load.run([(5, "reboot", host.reboot)])
     rebooted, ssh_back = result.fault_times["reboot"], result.fault_times["reboot done"]
     recovered = result.first_success_after(max((t for t, _ in result.failures), default=rebooted))
-    print(
-        f"\nreboot under load: {result.summary()}; SSH back after {ssh_back - rebooted:.1f} s, "
+    figure(
+        f"reboot under load: {result.summary()}; SSH back after {ssh_back - rebooted:.1f} s, "
         f"serving again {recovered - rebooted:.1f} s after the reboot began"
     )
     assert_failures_within(result, rebooted, rebooted + 45)
@@ -335,7 +336,7 @@ def test_nginx_reload_under_load_fails_no_request(
                for i in range(5)]  # fmt: skip
     load = Load(stack, host, tmp_path, rounds=20, interval=1.0, batch=50)
     result = load.run(reloads)
-    print(f"\nnginx reloaded 5 times under load: {result.summary()}")
+    figure(f"nginx reloaded 5 times under load: {result.summary()}")
     assert result.failures == []
     assert host.run(["cat", "/run/nginx.pid"]).stdout.strip() == master
     values, artifacts = load.read_back(tmp_path)
@@ -411,7 +412,7 @@ def test_guarded_upgrade(stack: Stack, client_env: None, tmp_path: Path) -> None
         with long_read_transaction(stack):
             failed = configure(stack, "-e", "mlflow_db_upgrade_lock_timeout=3s", *limit)
         output = " ".join(failed.output.split())
-        print(f"\nfailed upgrade: {failed_message(output)}")
+        figure(f"failed upgrade: {failed_message(output)}")
         assert failed.returncode != 0
         assert f"The database was not upgraded to MLflow {PINNED_VERSION}" in output
         assert "lock timeout" in output
@@ -440,7 +441,7 @@ def test_guarded_upgrade(stack: Stack, client_env: None, tmp_path: Path) -> None
         assert f"-schema-{old_revision}-to-mlflow-{PINNED_VERSION}" in new_backups[0]
         assert_restorable_dump(stack, new_backups[0], tmp_path, run_id)
         check_run_survived(stack, second, run_id)
-        print(
+        figure(
             f"guarded upgrade {OLD_VERSION} -> {PINNED_VERSION}: install of {OLD_VERSION} "
             f"{old.seconds:.0f} s, failed attempt {failed.seconds:.0f} s, upgrade "
             f"{upgrade.seconds:.0f} s; backup {new_backups[0]}"

@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from tests.integration.balancer import DRAIN_SECONDS, Balancer
+from tests.integration.figures import figure
 from tests.integration.hammer import Hammer
 from tests.integration.harness import HarnessError, Slot, Testbed
 from tests.integration.harness.deps import missing_prerequisites
@@ -103,7 +104,7 @@ def test_first_deploy_configures_every_host_at_once_then_one_at_a_time(scaled: S
     assert configure_plays(scaled.rerun) == HOSTS  # serving: one host per batch
     assert scaled.rerun.changed() == {h.name: 0 for h in scaled.bed.hosts}
     cold, rerun = scaled.cold.seconds, scaled.rerun.seconds
-    print(f"\ncold deploy of {HOSTS} hosts {cold:.0f} s, no-op rerun host by host {rerun:.0f} s")
+    figure(f"cold deploy of {HOSTS} hosts {cold:.0f} s, no-op rerun host by host {rerun:.0f} s")
 
 
 def test_requests_spread_over_every_host(scaled: Stack, balancer: Balancer) -> None:
@@ -112,7 +113,7 @@ def test_requests_spread_over_every_host(scaled: Stack, balancer: Balancer) -> N
         response = through(scaled, balancer)
         assert response.status_code == 200
         served[response.headers["X-Served-By"]] += 1
-    print(f"\n30 requests through the balancer: {dict(served)}")
+    figure(f"30 requests through the balancer: {dict(served)}")
     assert set(served) == {h.name for h in scaled.bed.hosts}
     assert through(scaled, balancer, password="not-the-password-at-all").status_code == 401
 
@@ -129,7 +130,7 @@ def test_stopped_host_costs_no_request_once_the_health_check_drops_it(
         ) as hammer:
             for _ in range(50):
                 through(scaled, balancer)  # meanwhile, from a second client too
-        print(f"\n{host.name} stopped: dropped after {dropped:.1f} s; then {hammer.ok} requests, "
+        figure(f"{host.name} stopped: dropped after {dropped:.1f} s; then {hammer.ok} requests, "
               f"served by {dict(hammer.served_by)}")  # fmt: skip
         assert hammer.failures == []
         assert hammer.ok > 20
@@ -147,7 +148,7 @@ def test_rolling_rotation_drops_no_request(scaled: Stack, balancer: Balancer) ->
     ) as hammer:
         rotation = scaled.configure(echo=False).check()
     new = scaled.password("alice")
-    print(f"\nrolling rotation {rotation.seconds:.0f} s: {hammer.ok} requests through the "
+    figure(f"rolling rotation {rotation.seconds:.0f} s: {hammer.ok} requests through the "
           f"balancer, {hammer.resent} resent, served by {dict(hammer.served_by)}")  # fmt: skip
     assert hammer.failures == []
     assert hammer.ok > 20
@@ -176,7 +177,7 @@ def test_rolling_upgrade_migrates_once_and_drops_no_request(
     ) as hammer:
         upgrade = scaled.configure(echo=False).check()
     output = upgrade.output
-    print(f"\nrolling upgrade {OLD_VERSION} -> {PINNED_VERSION}, {HOSTS} hosts, "
+    figure(f"rolling upgrade {OLD_VERSION} -> {PINNED_VERSION}, {HOSTS} hosts, "
           f"{upgrade.seconds:.0f} s: {hammer.ok} requests through the balancer, {hammer.resent} "
           f"resent, {len(hammer.failures)} failed; drained "
           f"{dict(drained_hosts(balancer, log_start))}")  # fmt: skip

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.integration.figures import figure
 from tests.integration.harness import Host
 from tests.integration.harness.util import REPO_ROOT
 from tests.integration.playbook import VENV_BIN, PlaybookRun, run_playbook
@@ -78,7 +79,7 @@ def sslyze_issues(host: Host, ca_file: Path) -> tuple[int, list[str]]:
     compliance = result.stdout.split("COMPLIANCE AGAINST TLS CONFIGURATION")[-1]
     issues = [line.strip()[2:] for line in compliance.splitlines() if line.strip().startswith("* ")]
     verdicts = [line.strip() for line in compliance.splitlines() if "compliant" in line.lower()]
-    print(f"\nsslyze: {' | '.join(verdicts + issues)}")
+    figure(f"sslyze: {' | '.join(verdicts + issues)}")
     return result.returncode, issues
 
 
@@ -132,7 +133,7 @@ def test_mlflow_unit_exposure_is_at_most_2_5(stack: Stack) -> None:
     output = stack.bed.hosts[0].run(["systemd-analyze", "security", "--no-pager", "mlflow"])
     match = re.search(r"Overall exposure level for mlflow\.service: ([0-9.]+) (\w+)", output.stdout)
     assert match, output.stdout[-2000:]
-    print(f"\nsystemd-analyze security mlflow.service: {match[1]} {match[2]}")
+    figure(f"systemd-analyze security mlflow.service: {match[1]} {match[2]}")
     assert float(match[1]) <= 2.5
 
 
@@ -357,8 +358,8 @@ def test_password_guessing_is_slowed_while_the_right_user_gets_in(stack: Stack) 
 
     evaluated = sum(1 for _, status in attack.answers if status == 401)
     refused = sum(1 for _, status in attack.answers if status == 429)
-    print(
-        f"\nguessing with 16 threads for {seconds:.0f} s: {evaluated} passwords checked "
+    figure(
+        f"guessing with 16 threads for {seconds:.0f} s: {evaluated} passwords checked "
         f"({evaluated / seconds:.0f}/s, limit {RATE_LIMIT}/s), {refused} refused (429); "
         f"right user from another address: HTTP {other_status} in {other_latency * 1000:.0f} ms, "
         f"from the attacker's address: HTTP {same_address.status_code} in "
