@@ -121,7 +121,9 @@ molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, ver
 	"its Ansible output (or the idempotence step's list of changed tasks) is just before it."; fi; \
 	exit $$status
 
-# Its own one-host bed (.cache/bench-testhosts), up only while it runs; not part of `make test`.
+# Its own one-host bed (.cache/bench-testhosts) in test bed slot 2, so it runs beside `make test`
+# (slots 0 and 1; ARGS="--slot N" picks another), up only while it runs; not part of `make test`.
+# wrk, the load generator, is Debian's, installed inside the test host (nothing on this machine).
 bench: $(BIN)/.dev-installed ## Benchmarks on a local test host (Linux, root, ~20 min; ARGS="--help")
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench $(ARGS)
 

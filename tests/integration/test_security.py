@@ -420,9 +420,11 @@ def cloud_init_turns_passwords_on(stack: Stack) -> Iterator[Host]:
         "PasswordAuthentication yes\nKbdInteractiveAuthentication yes\nPermitRootLogin yes\n",
     )
     host.systemctl("reload", "ssh")
+    host.wait_ssh(30)  # a reload re-executes sshd, which listens again a moment later
     yield host
     host.run(["rm", "-f", "/etc/ssh/sshd_config.d/50-cloud-init.conf"])
     host.systemctl("reload", "ssh")
+    host.wait_ssh(30)
 
 
 def test_ssh_accepts_keys_only(stack: Stack, cloud_init_turns_passwords_on: Host) -> None:
