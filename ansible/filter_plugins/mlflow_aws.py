@@ -16,10 +16,10 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from ansible.errors import AnsibleFilterError
 
-# Measured on MLflow 3.17.2 with job execution off: ~552 MB RSS with 1 uvicorn worker and
-# ~867 MB with 2, i.e. ~240 MB for the parent and uvicorn supervisor + ~315 MB per worker.
-BASE_MB = 240
-PER_WORKER_MB = 315
+# Measured on MLflow 3.17.2 with job execution off (bench/RESULTS.md), peak RSS under load:
+# 288 MiB (302 MB) for the parent and uvicorn supervisor + 394 MiB (413 MB) per worker.
+BASE_MB = 302
+PER_WORKER_MB = 413
 # Share of RAM left for the OS, nginx, page cache and growth of long-lived workers.
 RESERVE_RATIO = 0.30
 

@@ -78,7 +78,7 @@ class Balancer:
             )
         )
         subprocess.run(["haproxy", "-c", "-q", "-f", self.config], check=True)
-        with self.log.open("ab") as log:
+        with self.log.open("wb") as log:
             self._process = subprocess.Popen(
                 ["haproxy", "-db", "-f", self.config], stdout=log, stderr=subprocess.STDOUT
             )

@@ -94,9 +94,9 @@ def configure_plays(run: PlaybookRun) -> int:
 def drained_hosts(balancer: Balancer, since: int) -> Counter[str]:
     """Hosts HAProxy took out because /health answered 503 (a drain, not a crash)."""
     text = balancer.log.read_text()[since:]
-    return Counter(
-        re.findall(r"Server mlflow/(\S+) is DOWN, reason: Layer7 wrong status, code: 503", text)
-    )
+    # Each event is logged twice (with and without a "[WARNING]" prefix): count the plain lines.
+    pattern = r"^Server mlflow/(\S+) is DOWN, reason: Layer7 wrong status, code: 503"
+    return Counter(re.findall(pattern, text, flags=re.MULTILINE))
 
 
 def test_first_deploy_configures_every_host_at_once_then_one_at_a_time(scaled: Stack) -> None:
