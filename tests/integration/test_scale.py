@@ -194,8 +194,7 @@ def test_rolling_upgrade_migrates_once_and_drops_no_request(
     # Each host was drained (health check 503) before its restart, one after the other.
     assert drained_hosts(balancer, log_start) == {h.name: 1 for h in scaled.bed.hosts}
     for host in scaled.bed.hosts:
-        version = requests.get(scaled.url(host, "/version"), verify=scaled.cert(host), timeout=10)
-        assert version.text.strip() == PINNED_VERSION
+        assert scaled.get(host, "/version").text.strip() == PINNED_VERSION
     assert scaled.configure(echo=False).check().changed() == {h.name: 0 for h in scaled.bed.hosts}
 
 
