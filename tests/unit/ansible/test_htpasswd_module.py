@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
@@ -16,21 +15,9 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 from passlib.context import CryptContext
 
-REPO = Path(__file__).resolve().parents[3]
-MODULE_PATH = REPO / "ansible" / "library" / "htpasswd.py"
+from tests.unit.ansible.source_file import load
 
-
-def load_module() -> Any:
-    spec = importlib.util.spec_from_file_location("mlflow_aws_htpasswd", MODULE_PATH)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
-
-
-htpasswd = load_module()
+htpasswd = load("mlflow_aws_htpasswd", "ansible/library/htpasswd.py")
 
 
 def run_module(capsys: pytest.CaptureFixture[str], **args: Any) -> dict[str, Any]:
@@ -278,7 +265,7 @@ def test_runs_as_an_ansible_module(path: Path) -> None:
     """End to end through ansible's own module loading (ANSIBLE_LIBRARY), as on a target."""
     env = {
         **{key: value for key, value in os.environ.items() if key != "ANSIBLE_CONFIG"},
-        "ANSIBLE_LIBRARY": str(MODULE_PATH.parent),
+        "ANSIBLE_LIBRARY": str(Path(htpasswd.__file__).parent),
         "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
         "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
     }

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-SCRIPT = REPO / "ansible" / "roles" / "mlflow" / "files" / "mlflow_db.py"
+from tests.unit.ansible.source_file import load
 
-
-def load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("mlflow_db", SCRIPT)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-backup = load_script()
+backup = load("mlflow_db", "ansible/roles/mlflow/files/mlflow_db.py")
 URI = "postgresql+psycopg2://mlflow@db.internal:5433/mlflow"
 
 

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from ansible.errors import AnsibleFilterError
 
-REPO = Path(__file__).resolve().parents[3]
-PLUGIN_PATH = REPO / "ansible" / "filter_plugins" / "mlflow_aws.py"
+from tests.unit.ansible.source_file import load
 
-
-def load_plugin() -> Any:
-    spec = importlib.util.spec_from_file_location("mlflow_aws_filters", PLUGIN_PATH)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-plugin = load_plugin()
+plugin = load("mlflow_aws_filters", "ansible/filter_plugins/mlflow_aws.py")
 FILTERS = plugin.FilterModule().filters()
 
 # What ansible_memtotal_mb reports on instances of 1, 2, 4, 8 and 16 GiB (the kernel keeps some).
