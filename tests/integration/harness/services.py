@@ -7,6 +7,7 @@ slot 0, +10 per slot). Their files live in the state dir.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import secrets
@@ -60,15 +61,30 @@ def random_password(length: int = 32) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
+# Where a cluster goes when user postgres cannot traverse the state dir's parents (a checkout
+# under /root or in a `mktemp -d` directory): keyed by the state dir, so `down` finds it again.
+OUTSIDE_DIR = Path("/var/tmp/mlflow-aws-testhosts")
+
+
+def postgres_dir(state_dir: Path) -> Path:
+    state_dir = state_dir.resolve()
+    if all(parent.stat().st_mode & 0o001 for parent in state_dir.parents if parent.exists()):
+        return state_dir / "postgres"
+    key = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    return OUTSIDE_DIR / key / "postgres"
+
+
 class Postgres:
     """A PostgreSQL cluster of its own (initdb/pg_ctl as user postgres), not the system one."""
 
     def __init__(self, state_dir: Path, slot: Slot) -> None:
         self.slot = slot
-        self.dir = state_dir / "postgres"
+        self.dir = postgres_dir(state_dir)
         self.data = self.dir / "data"
         self.socket_dir = self.dir / "run"
-        self.log = state_dir / "logs" / "postgres.log"
+        # pg_ctl opens the log as user postgres: beside the cluster when it is outside.
+        inside = self.dir.parent == state_dir.resolve()
+        self.log = (state_dir / "logs" if inside else self.dir) / "postgres.log"
         self.password_file = self.dir / "mlflow.password"
         self.port = slot.pg_port
 
