@@ -85,10 +85,10 @@ example: ## Run an example on the stack: NAME=iris_random_forest|llm_evaluation 
 
 # --- trying it without AWS -----------------------------------------------------------------------
 demo: $(BIN)/.dev-installed ## Local demo (Linux, root): a test host with the whole stack, configured
-	@$(BIN)/python -m tests.integration.demo up
+	@$(BIN)/python -m standin.demo up
 
 demo-down: $(BIN)/.dev-installed ## Remove everything `make demo` created
-	@$(BIN)/python -m tests.integration.demo down
+	@$(BIN)/python -m standin.demo down
 
 # --- quality -------------------------------------------------------------------------------------
 lint: $(BIN)/.dev-installed ## ruff, yamllint and ansible-lint (production profile)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the integration tests need (test hosts, PostgreSQL, tools).
 # Idempotent: does nothing (and no network) when everything is already installed.
-# Also called by tests/integration/harness when something is missing.
+# Also called by standin when something is missing.
 set -euo pipefail
 
 PACKAGES=(

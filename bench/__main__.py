@@ -35,7 +35,7 @@ from bench.memory import idle_sample, run_memory
 from bench.report import Report
 from bench.requestpath import Settings, run_request_path
 from bench.workload import run_workload
-from tests.integration.harness.util import HarnessError
+from standin.util import HarnessError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

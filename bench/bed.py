@@ -20,9 +20,9 @@ from typing import Any
 
 import requests
 
-from tests.integration.harness import Host, Testbed
-from tests.integration.harness.slot import Slot
-from tests.integration.playbook import PlaybookRun, run_playbook
+from standin import Host, Testbed
+from standin.playbook import PlaybookRun, run_playbook
+from standin.slot import Slot
 
 REPO = Path(__file__).resolve().parents[1]
 STATE_DIR = REPO / ".cache" / "bench-testhosts"

@@ -15,8 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.harness import Host
-from tests.integration.harness.util import HarnessError
+from standin import Host
+from standin.util import HarnessError
 
 CHECK_INTERVAL_MS = 500
 FALL = 2

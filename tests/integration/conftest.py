@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests on real Debian 12 hosts (see tests/integration/harness).
+"""Fixtures for end-to-end tests on real Debian 12 hosts (see standin).
 
 `testbed` (session): 2 booted hosts + PostgreSQL + moto S3 + outputs.json, torn down at the
 end. It FAILS (never skips) when this machine cannot run test hosts, naming what is missing.
@@ -10,7 +10,7 @@ Environment knobs:
 - MLFLOW_AWS_TESTBED_SLOT=N (1..9): run in slot N, beside beds of other slots (another
   bridge, subnet and ports; see harness/slot.py); the default state dir gets the suffix N.
 - MLFLOW_AWS_TESTBED_KEEP=1: leave the bed up after the session; the next session reuses it
-  (seconds instead of a fresh boot). `python -m tests.integration.harness down --state-dir
+  (seconds instead of a fresh boot). `python -m standin down --state-dir
   DIR` removes it.
 Note: test_harness.py::test_down_leaves_nothing_behind takes the bed down and brings it up
 again with fresh hosts; tests must not rely on host state from another test module. The
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from standin import HarnessError, Testbed
+from standin.deps import missing_prerequisites
+from standin.slot import from_env
+from standin.util import REPO_ROOT
 from tests.integration.figures import FIGURES
-from tests.integration.harness import HarnessError, Testbed
-from tests.integration.harness.deps import missing_prerequisites
-from tests.integration.harness.slot import from_env
-from tests.integration.harness.util import REPO_ROOT
 from tests.integration.stack import Stack, configure_stack, reconfigure_if_recreated
 
 # The MLflow client phones home by default: test traffic stays on this machine and the test hosts.

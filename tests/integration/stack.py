@@ -12,9 +12,9 @@ from pathlib import Path
 
 import requests
 
+from standin import Host, Testbed
+from standin.playbook import PlaybookRun, run_playbook
 from tests.integration.figures import figure
-from tests.integration.harness import Host, Testbed
-from tests.integration.playbook import PlaybookRun, run_playbook
 
 USERS = ["team", "alice"]
 STACK = "e2e"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Host
-from tests.integration.harness.util import REPO_ROOT
-from tests.integration.playbook import ANSIBLE_DIR, VENV_BIN, playbook_env
+from standin import Host
+from standin.playbook import ANSIBLE_DIR, VENV_BIN, playbook_env
+from standin.util import REPO_ROOT
 from tests.integration.stack import STACK, USERS, Stack
 
 pytestmark = pytest.mark.integration

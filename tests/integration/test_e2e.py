@@ -2,7 +2,7 @@
 
 Everything goes through each host's public HTTPS address (nginx, TLS, basic auth), as a user's
 training job would: the hosts are systemd-nspawn machines on the test network, PostgreSQL and an
-S3-compatible endpoint (moto) run beside them (see tests/integration/harness).
+S3-compatible endpoint (moto) run beside them (see standin).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from standin import Host
 from tests.integration.figures import figure
 from tests.integration.hammer import Hammer
-from tests.integration.harness import Host
 from tests.integration.stack import USERS, Stack, wait_serving
 
 pytestmark = pytest.mark.integration

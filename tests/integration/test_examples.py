@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from standin import Host
+from standin.util import REPO_ROOT
 from tests.integration.figures import figure
-from tests.integration.harness import Host
-from tests.integration.harness.util import REPO_ROOT
 from tests.integration.stack import STACK, Stack
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import subprocess
 import psycopg2
 import pytest
 
-from tests.integration.harness import HarnessError, Host, Slot, Testbed, deps, network
-from tests.integration.harness.network import IP_FORWARD
-from tests.integration.harness.slot import other_slots
-from tests.integration.harness.util import REPO_ROOT
+from standin import HarnessError, Host, Slot, Testbed, deps, network
+from standin.network import IP_FORWARD
+from standin.slot import other_slots
+from standin.util import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -211,7 +211,7 @@ def test_cli_needs_root() -> None:
     env = {"PATH": os.environ["PATH"], "HOME": "/tmp"}
     python = shutil.which("python3", path="/usr/bin:/bin")
     assert python, "no system python3 to run the CLI as nobody"
-    cli = [python, "-m", "tests.integration.harness", "--state-dir", "/tmp/nope", "up"]
+    cli = [python, "-m", "standin", "--state-dir", "/tmp/nope", "up"]
     result = subprocess.run(
         ["runuser", "-u", "nobody", "--", *cli],
         capture_output=True, text=True, cwd=REPO_ROOT, env=env, check=False,

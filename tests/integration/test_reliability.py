@@ -23,9 +23,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from standin import Host
+from standin.playbook import PlaybookRun, run_playbook
 from tests.integration.figures import figure
-from tests.integration.harness import Host
-from tests.integration.playbook import PlaybookRun, run_playbook
 from tests.integration.stack import STACK, Stack, wait_serving
 
 pytestmark = pytest.mark.integration

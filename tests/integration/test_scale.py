@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from standin import HarnessError, Slot, Testbed
+from standin.deps import missing_prerequisites
+from standin.playbook import PlaybookRun
+from standin.slot import from_env
+from standin.util import REPO_ROOT
 from tests.integration.balancer import DRAIN_SECONDS, Balancer
 from tests.integration.figures import figure
 from tests.integration.hammer import Hammer
-from tests.integration.harness import HarnessError, Slot, Testbed
-from tests.integration.harness.deps import missing_prerequisites
-from tests.integration.harness.slot import from_env
-from tests.integration.harness.util import REPO_ROOT
-from tests.integration.playbook import PlaybookRun
 from tests.integration.stack import Stack, configure_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.scale]

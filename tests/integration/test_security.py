@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from standin import Host
+from standin.playbook import VENV_BIN, PlaybookRun, run_playbook
+from standin.util import REPO_ROOT
 from tests.integration.figures import figure
-from tests.integration.harness import Host
-from tests.integration.harness.util import REPO_ROOT
-from tests.integration.playbook import VENV_BIN, PlaybookRun, run_playbook
 from tests.integration.stack import STACK, USERS, Stack
 
 pytestmark = pytest.mark.integration

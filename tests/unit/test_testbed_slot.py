@@ -1,4 +1,4 @@
-"""Test bed slots (tests/integration/harness/slot.py): names, addresses, validation, locking.
+"""Test bed slots (standin/slot.py): names, addresses, validation, locking.
 
 No root needed: nothing here creates a device, a mount or a process.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Testbed, default_state_dir, network, rootfs, testbed
-from tests.integration.harness.__main__ import parse_args
-from tests.integration.harness.services import pg_conf, pg_hba
-from tests.integration.harness.slot import ENV_VAR, SLOTS, Slot, from_env
-from tests.integration.harness.util import REPO_ROOT, HarnessError
+from standin import Testbed, default_state_dir, network, rootfs, testbed
+from standin.__main__ import parse_args
+from standin.services import pg_conf, pg_hba
+from standin.slot import ENV_VAR, SLOTS, Slot, from_env
+from standin.util import REPO_ROOT, HarnessError
 
 # What the harness used before slots: slot 0 must keep every one of these.
 LEGACY_NFT_RULESET = """\

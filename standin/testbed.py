@@ -138,13 +138,13 @@ class Testbed:
             raise HarnessError(
                 f"a test bed in {self.state_dir} is {state.get('status')} with "
                 f"{state.get('host_count')} hosts (asked for {host_count}): run "
-                f"`python -m tests.integration.harness down --state-dir {self.state_dir}` first"
+                f"`python -m standin down --state-dir {self.state_dir}` first"
             )
         problems = self.health_problems()
         if problems:
             raise HarnessError(
                 f"the test bed in {self.state_dir} is up but unhealthy ({'; '.join(problems)}): "
-                "run `python -m tests.integration.harness down` first"
+                "run `python -m standin down` first"
             )
         say(f"already up in {self.state_dir}: reusing {host_count} hosts")
         return True
@@ -410,7 +410,7 @@ def _refuse_if_other_owner(state_dir: Path, slot: Slot) -> None:
     if other.is_running_anything():
         raise HarnessError(
             f"another test bed is up in slot {slot.number} (state dir {owner}): `python -m "
-            f"tests.integration.harness down --state-dir {owner}` first, or use another slot "
+            f"standin down --state-dir {owner}` first, or use another slot "
             f"({ENV_VAR}=1..9, CLI --slot)"
         )
     say(f"the test bed of {owner} has no running process left (crash or restore): taking it down")

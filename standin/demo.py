@@ -13,10 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.harness import HarnessError, Testbed
-from tests.integration.harness.slot import from_env
-from tests.integration.harness.util import REPO_ROOT
-from tests.integration.playbook import run_playbook
+from standin import HarnessError, Testbed
+from standin.playbook import run_playbook
+from standin.slot import from_env
+from standin.util import REPO_ROOT
 
 STACK = "demo"
 STATE_DIR = REPO_ROOT / ".cache" / "demo"

@@ -1,4 +1,4 @@
-"""CLI: `python -m tests.integration.harness {up,down,status,ssh,run,...}`; see --help."""
+"""CLI: `python -m standin {up,down,status,ssh,run,...}`; see --help."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .util import HarnessError, say
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.integration.harness",
+        prog="python -m standin",
         description="Debian 12 test hosts (systemd-nspawn) + PostgreSQL + moto S3. Needs root.",
     )
     parser.add_argument("--state-dir", help="default <repo>/.cache/testhosts, + N in slot N")

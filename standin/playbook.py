@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ANSIBLE_DIR = REPO / "ansible"
 VENV_BIN = Path(sys.executable).parent
 

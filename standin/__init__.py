@@ -1,6 +1,6 @@
 """Real Debian 12 test hosts (systemd-nspawn) plus PostgreSQL and S3 (moto) for end-to-end tests.
 
-CLI (`python -m tests.integration.harness ...`, as root):
+CLI (`python -m standin ...`, as root):
     up --hosts N [--state-dir DIR]   build/cache the base, boot hosts, start services, write outputs
     down [--state-dir DIR]           stop and remove everything; restores ip_forward
     status | ssh NAME [CMD] | run NAME CMD | stop NAME | start NAME | reboot NAME | build-base
