@@ -63,7 +63,7 @@ def random_password(length: int = 32) -> str:
 
 # Where a cluster goes when user postgres cannot traverse the state dir's parents (a checkout
 # under /root or in a `mktemp -d` directory): keyed by the state dir, so `down` finds it again.
-OUTSIDE_DIR = Path("/var/tmp/mlflow-aws-testhosts")
+OUTSIDE_DIR = Path("/var/tmp/mlflow-aws-testhosts")  # noqa: S108 (root-owned, fixed on purpose)
 
 
 def postgres_dir(state_dir: Path) -> Path:
