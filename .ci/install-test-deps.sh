@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  debootstrap        # builds the Debian 12 base root filesystem of the test hosts
+  debootstrap        # builds the base root filesystem of the test hosts
   debian-archive-keyring  # debootstrap verifies the mirror with it (only a Recommends)
   systemd-container  # systemd-nspawn boots the test hosts
   nftables           # masquerade so the hosts reach the package mirrors
@@ -37,6 +37,8 @@ fi
 
 echo "install-test-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Another apt (a parallel bed's install, unattended-upgrades) may hold the lock: wait for it.
+apt_wait=(-o DPkg::Lock::Timeout=600)
+apt-get "${apt_wait[@]}" update -qq
+apt-get "${apt_wait[@]}" install -y -qq --no-install-recommends "${missing[@]}"
 echo "install-test-deps: done"
