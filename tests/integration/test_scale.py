@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from infra.outputs import check_names
 from standin import Slot, Testbed
 from standin.playbook import PlaybookRun
 from standin.slot import from_env
@@ -57,13 +58,13 @@ def balancer(bed: Testbed) -> Iterator[Balancer]:
 @pytest.fixture(scope="module")
 def scaled(bed: Testbed, balancer: Balancer, tmp_path_factory: pytest.TempPathFactory) -> Stack:
     """The three hosts configured behind the balancer on the older release (cold, then rerun)."""
-    outputs = bed.outputs() | {
+    balanced = {  # what a scaled stack exports (infra/outputs.py)
         "url": balancer.url,
         "drain_seconds": DRAIN_SECONDS,
         "ca_certificate": balancer.certificate.read_text(),
     }
     outputs_file = bed.state_dir / "outputs-balanced.json"
-    outputs_file.write_text(json.dumps(outputs))
+    outputs_file.write_text(json.dumps(check_names(bed.outputs() | balanced)))
     work = tmp_path_factory.mktemp("scaled")
     (work / "old.yml").write_text(f"mlflow_version: {OLD_VERSION}\n")
     return configure_stack(bed, work, outputs_file, ("-e", f"@{work / 'old.yml'}"))
