@@ -44,9 +44,11 @@ def type_text(spec: dict[str, Any]) -> str:
 
 def value_text(value: Any) -> str:
     if isinstance(value, str):
-        return f"`{value}`" if value else '`""`'
-    flow = yaml.safe_dump(value, default_flow_style=True, width=1_000_000, sort_keys=False)
-    return f"`{flow.removesuffix(YAML_END).strip()}`"
+        text = " ".join(value.split()) or '""'
+    else:
+        flow = yaml.safe_dump(value, default_flow_style=True, width=1_000_000, sort_keys=False)
+        text = flow.removesuffix(YAML_END).strip()
+    return f"`{text}`".replace("|", "\\|")  # a Jinja filter's | would end the table cell
 
 
 def default_text(name: str, spec: dict[str, Any], defaults: dict[str, Any]) -> str:
