@@ -106,8 +106,6 @@ HOST_GROUP = "mlflow"
 PULUMI_INSTALL_URL = "https://www.pulumi.com/docs/install/"
 PULUMI_TIMEOUT_SECONDS = 120
 
-REQUIRED_OUTPUTS = REQUIRED
-
 # Stack and host names become path components: no '/', no leading '.'.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Keep user:password out of any URL echoed from pulumi's stderr.

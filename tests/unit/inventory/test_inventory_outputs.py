@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from infra.outputs import REQUIRED
 from inventory_plugin import pulumi_stack as ps
 
 SOURCE = ps.OutputsSource("outputs file /x/outputs.json", "fix the file")
@@ -64,7 +65,7 @@ def test_optional_outputs(outputs: dict[str, Any]) -> None:
     assert (result.hosts[0].private_ip, result.hosts[0].public_dns) == ("", "")
 
 
-@pytest.mark.parametrize("name", ps.REQUIRED_OUTPUTS)
+@pytest.mark.parametrize("name", REQUIRED)
 def test_each_missing_output_is_named(outputs: dict[str, Any], name: str) -> None:
     del outputs[name]
     message = error_for(outputs)
