@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 # The examples run in their own client virtualenv: the operator's .venv carries no scikit-learn.
 CLIENT_VENV := .venv-client
 CLIENT_BIN := $(CLIENT_VENV)/bin
-EXAMPLES := $(sort $(basename $(notdir $(wildcard examples/*.py))))
+# examples/connection.py is the examples' shared connection check, not an example.
+EXAMPLES := $(filter-out connection,$(sort $(basename $(notdir $(wildcard examples/*.py)))))
 export STACK
 # MLflow clients phone home by default; ours (tests, examples, demo) do not.
 export MLFLOW_DISABLE_TELEMETRY ?= true
@@ -21,7 +22,7 @@ ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
 ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
 
 .PHONY: help infra preview destroy outputs configure rotate credentials demo demo-down \
-	lint test test-unit test-integration molecule bench example clean
+	lint docs test test-unit test-integration molecule bench example clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -96,6 +97,10 @@ lint: $(BIN)/.dev-installed ## ruff, yamllint and ansible-lint (production profi
 	$(BIN)/ruff format --check .
 	$(BIN)/yamllint --strict .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --offline
+
+docs: $(BIN)/.deploy-installed ## Regenerate the README tables: settings (Pulumi.yaml), role variables (argument_specs)
+	$(BIN)/python -m infra.config_table --write
+	PYTHONPATH=$(CURDIR) $(BIN)/python ansible/role_tables.py --write
 
 test-unit: $(BIN)/.dev-installed ## Unit tests only (no root, about a minute)
 	$(BIN)/pytest tests/unit -q

@@ -6,7 +6,7 @@ from infra.settings import SettingsError, load_settings
 from infra.stack import build_stack
 
 try:
-    # Settings are validated before any resource is declared; the zone lookup in
+    # StackSettings are validated before any resource is declared; the zone lookup in
     # build_stack can still find the region or instance type unusable.
     stack = build_stack(load_settings())
 except SettingsError as err:

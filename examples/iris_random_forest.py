@@ -13,31 +13,21 @@ password is ever part of a URL, a command line or this file.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import matplotlib
 import mlflow
 import pandas as pd
-import requests
-from mlflow.exceptions import MlflowException
-from mlflow.utils.credentials import get_default_host_creds
-from mlflow.utils.rest_utils import http_request
+from connection import run_with_server
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score
 from sklearn.model_selection import train_test_split
 
 TARGET = "species"
-
-
-class ConfigError(Exception):
-    """A one-line message naming what to set."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,58 +39,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-size", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=42, help="split and forest random state")
     return parser.parse_args(argv)
-
-
-def tracking_uri() -> str:
-    """The server URL from MLFLOW_TRACKING_URI, refusing one that carries credentials."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip().rstrip("/")
-    if not uri:
-        raise ConfigError(
-            'MLFLOW_TRACKING_URI is not set: run `eval "$(make -s credentials)"` first'
-        )
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        raise ConfigError(
-            "MLFLOW_TRACKING_URI contains credentials: put them in MLFLOW_TRACKING_USERNAME "
-            "and MLFLOW_TRACKING_PASSWORD instead"
-        )
-    return uri
-
-
-def check_server(uri: str) -> None:
-    """One authenticated request without retries: a wrong address, certificate or password
-    fails here in seconds (MLflow's client retries an unreachable server for minutes)."""
-    try:
-        response = http_request(
-            get_default_host_creds(uri),  # the same MLFLOW_TRACKING_* settings MLflow uses
-            "/api/2.0/mlflow/experiments/search",
-            "GET",
-            max_retries=0,
-            timeout=30,
-            raise_on_status=False,
-            params={"max_results": 1},
-        )
-    except MlflowException as error:
-        cause = error.__context__  # the requests exception MLflow wrapped
-        if isinstance(cause, requests.exceptions.SSLError):
-            reason = re.search(r"\[SSL: (\w+)\]", str(cause))
-            raise ConfigError(
-                f"TLS with {uri} failed ({reason.group(1) if reason else 'SSLError'}): for a "
-                "self-signed server, set MLFLOW_TRACKING_SERVER_CERT_PATH to its certificate "
-                "(`make credentials` prints it)"
-            ) from None
-        reason = re.search(r"\[Errno -?\d+\] [^'\")]+", str(cause))
-        detail = reason.group(0) if reason else type(cause or error).__name__
-        raise ConfigError(f"cannot reach {uri}: {detail}") from None
-    if response.status_code in (401, 403):
-        raise ConfigError(
-            f"{uri} refused the credentials (HTTP {response.status_code}): check "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (`make credentials`)"
-        )
-    if response.status_code != 200:
-        raise ConfigError(
-            f"{uri} is not answering as an MLflow server (HTTP {response.status_code})"
-        )
 
 
 def load_frames(test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -156,19 +94,10 @@ def train_and_log(args: argparse.Namespace, uri: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        uri = tracking_uri()
-        check_server(uri)
-        link = train_and_log(args, uri)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (MlflowException, OSError) as error:
-        # First line only: MLflow appends the server's whole response.
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1
-    print(f"run logged: {link}")
-    return 0
+    code, link = run_with_server(lambda uri: train_and_log(args, uri))
+    if code == 0:
+        print(f"run logged: {link}")
+    return code
 
 
 if __name__ == "__main__":

@@ -20,20 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import string
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
 
 import mlflow
 import pandas as pd
-import requests
-from mlflow.exceptions import MlflowException
+from connection import ConfigError, run_with_server
 from mlflow.genai.scorers import scorer
-from mlflow.utils.credentials import get_default_host_creds
-from mlflow.utils.rest_utils import http_request
 
 SYSTEM_PROMPT = "Answer the question in one short sentence."
 TABLE_FILE = "eval_results_table.json"
@@ -77,10 +72,6 @@ KNOWLEDGE = [
 ARTICLES = {"a", "an", "the"}
 
 
-class ConfigError(Exception):
-    """A one-line message naming what to set."""
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="llm-evaluation", help="experiment name")
@@ -91,58 +82,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="OpenAI chat model, used only when OPENAI_API_KEY is set",
     )
     return parser.parse_args(argv)
-
-
-def tracking_uri() -> str:
-    """The server URL from MLFLOW_TRACKING_URI, refusing one that carries credentials."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip().rstrip("/")
-    if not uri:
-        raise ConfigError(
-            'MLFLOW_TRACKING_URI is not set: run `eval "$(make -s credentials)"` first'
-        )
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        raise ConfigError(
-            "MLFLOW_TRACKING_URI contains credentials: put them in MLFLOW_TRACKING_USERNAME "
-            "and MLFLOW_TRACKING_PASSWORD instead"
-        )
-    return uri
-
-
-def check_server(uri: str) -> None:
-    """One authenticated request without retries: a wrong address, certificate or password
-    fails here in seconds (MLflow's client retries an unreachable server for minutes)."""
-    try:
-        response = http_request(
-            get_default_host_creds(uri),  # the same MLFLOW_TRACKING_* settings MLflow uses
-            "/api/2.0/mlflow/experiments/search",
-            "GET",
-            max_retries=0,
-            timeout=30,
-            raise_on_status=False,
-            params={"max_results": 1},
-        )
-    except MlflowException as error:
-        cause = error.__context__  # the requests exception MLflow wrapped
-        if isinstance(cause, requests.exceptions.SSLError):
-            reason = re.search(r"\[SSL: (\w+)\]", str(cause))
-            raise ConfigError(
-                f"TLS with {uri} failed ({reason.group(1) if reason else 'SSLError'}): for a "
-                "self-signed server, set MLFLOW_TRACKING_SERVER_CERT_PATH to its certificate "
-                "(`make credentials` prints it)"
-            ) from None
-        reason = re.search(r"\[Errno -?\d+\] [^'\")]+", str(cause))
-        detail = reason.group(0) if reason else type(cause or error).__name__
-        raise ConfigError(f"cannot reach {uri}: {detail}") from None
-    if response.status_code in (401, 403):
-        raise ConfigError(
-            f"{uri} refused the credentials (HTTP {response.status_code}): check "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (`make credentials`)"
-        )
-    if response.status_code != 200:
-        raise ConfigError(
-            f"{uri} is not answering as an MLflow server (HTTP {response.status_code})"
-        )
 
 
 def tokens(text: str) -> list[str]:
@@ -260,21 +199,13 @@ def evaluate_and_log(args: argparse.Namespace, uri: str) -> tuple[str, dict[str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        uri = tracking_uri()
-        check_server(uri)
-        link, metrics = evaluate_and_log(args, uri)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (MlflowException, OSError) as error:
-        # First line only: MLflow appends the server's whole response.
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1
-    for name, value in sorted(metrics.items()):
-        print(f"{name}: {value:.4f}")
-    print(f"run logged: {link}")
-    return 0
+    code, result = run_with_server(lambda uri: evaluate_and_log(args, uri))
+    if code == 0 and result is not None:
+        link, metrics = result
+        for name, value in sorted(metrics.items()):
+            print(f"{name}: {value:.4f}")
+        print(f"run logged: {link}")
+    return code
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pulumi_aws as aws
 import pulumi_tls as tls
 
 from infra.naming import Naming
-from infra.settings import BACKUP_PREFIX, Settings
+from infra.settings import BACKUP_PREFIX, StackSettings
 
 EC2_TRUST_POLICY = {
     "Version": "2012-10-17",
@@ -113,7 +113,7 @@ class ServerAccess(pulumi.ComponentResource):
         self.register_outputs({"key_name": self.key_pair.key_name})
 
 
-def find_ami(settings: Settings) -> pulumi.Output[aws.ec2.GetAmiResult]:
+def find_ami(settings: StackSettings) -> pulumi.Output[aws.ec2.GetAmiResult]:
     """Newest official image of the chosen OS for the instance's architecture."""
     return aws.ec2.get_ami_output(
         owners=[settings.image.owner],
@@ -138,7 +138,7 @@ class Server(pulumi.ComponentResource):
         naming: Naming,
         host_name: str,
         *,
-        settings: Settings,
+        settings: StackSettings,
         subnet_id: pulumi.Input[str],
         security_group_id: pulumi.Input[str],
         access: ServerAccess,

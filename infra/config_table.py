@@ -61,17 +61,17 @@ def render(schema: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def readme_block(readme: str) -> str:
+def readme_block(readme: str, start: str = START, end: str = END) -> str:
     """The text between the README markers, without surrounding blank lines."""
-    start = readme.index(START) + len(START)
-    return readme[start : readme.index(END)].strip("\n")
+    begin = readme.index(start) + len(start)
+    return readme[begin : readme.index(end)].strip("\n")
 
 
-def write_readme(readme_path: Path, table: str) -> None:
+def write_readme(readme_path: Path, table: str, start: str = START, end: str = END) -> None:
+    """Replace the text between the markers (also used for the role READMEs: make docs)."""
     text = readme_path.read_text()
-    start = text.index(START) + len(START)
-    text = f"{text[:start]}\n{table}\n{text[text.index(END) :]}"
-    readme_path.write_text(text)
+    begin = text.index(start) + len(start)
+    readme_path.write_text(f"{text[:begin]}\n{table}\n{text[text.index(end) :]}")
 
 
 def main() -> None:

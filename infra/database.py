@@ -10,7 +10,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.naming import Naming
-from infra.settings import Settings
+from infra.settings import StackSettings
 
 DB_NAME = "mlflow"
 DB_USER = "mlflow"
@@ -32,7 +32,7 @@ class Database(pulumi.ComponentResource):
         self,
         naming: Naming,
         *,
-        settings: Settings,
+        settings: StackSettings,
         subnet_ids: Sequence[pulumi.Input[str]],
         security_group_id: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from infra.settings import PROJECT, REQUIRED, Settings, SettingsError
+from infra.settings import PROJECT, REQUIRED, SettingsError, StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = "Pulumi.example.yaml"
@@ -205,7 +205,7 @@ class Preflight:
                 f"<your public IP>/32`"
             )
         try:
-            Settings.from_mapping(values)
+            StackSettings.from_mapping(values)
         except SettingsError as err:
             raise PreflightError(f"{name}: {err}") from None
 

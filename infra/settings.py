@@ -1,6 +1,6 @@
 """Stack settings: read from Pulumi config, validated before any resource is declared.
 
-`Settings.from_mapping()` takes a plain mapping keyed by config name (`sshAllowedCidrs`,
+`StackSettings.from_mapping()` takes a plain mapping keyed by config name (`sshAllowedCidrs`,
 `aws:region`, ...), so tests and the preflight check use the same validation as `pulumi up`.
 Every error is a `SettingsError` whose message names the key and what is allowed.
 """
@@ -139,7 +139,7 @@ class InstanceSpec:
 
 
 @dataclass(frozen=True)
-class Settings:
+class StackSettings:
     """Validated settings of one stack."""
 
     region: str
@@ -157,12 +157,12 @@ class Settings:
     artifact_prefix: str
     noncurrent_version_expiry_days: int
     force_destroy_artifacts: bool
-    # Defaults here too, so code that builds Settings by hand keeps today's one-host stack.
+    # Defaults here too, so code that builds StackSettings by hand keeps today's one-host stack.
     instances: int = 1
     certificate_arn: str | None = None  # ACM certificate of the load balancer; None: self-signed
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+    def from_mapping(cls, values: Mapping[str, Any]) -> StackSettings:
         """Validate config values keyed by config name; unset (None) values take defaults."""
         unknown = sorted(set(values) - set(KNOWN_KEYS))
         if unknown:
@@ -228,7 +228,7 @@ class Settings:
         return self.image.name_pattern.format(arch="arm64" if self.arch == "arm64" else "amd64")
 
 
-def load_settings() -> Settings:
+def load_settings() -> StackSettings:
     """Read and validate this stack's settings from Pulumi config."""
     import pulumi  # only needed under the Pulumi runtime
 
@@ -238,7 +238,7 @@ def load_settings() -> Settings:
     values["aws:region"] = pulumi.Config("aws").get("region")
     for key in _configured_project_keys(pulumi.get_project()):
         values.setdefault(key, "")  # an unknown key: from_mapping reports it
-    return Settings.from_mapping(values)
+    return StackSettings.from_mapping(values)
 
 
 def _configured_project_keys(project: str) -> list[str]:

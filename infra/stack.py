@@ -1,10 +1,4 @@
-"""Assemble the stack from validated settings and produce its outputs.
-
-The outputs are the contract with the inventory plugin (see /work/contracts.md):
-`hosts`, `ssh_user`, `ssh_private_key` (secret, only when generated), `db_dsn` (secret),
-`artifacts_destination`, `region`, `url`; with several hosts and a self-signed load balancer
-certificate also `ca_certificate` (the PEM clients pin); with several hosts `drain_seconds`
-(how long the load balancer takes to stop or resume sending requests to a host).
+"""Assemble the stack from validated settings and produce its outputs (`infra/outputs.py`).
 
 One host (instances 1): the host takes HTTPS itself and `url` is its Elastic IP's DNS name.
 Several: they go round-robin into the public subnets of both zones behind an Application
@@ -23,8 +17,9 @@ from infra.database import Database
 from infra.loadbalancer import DRAIN_SECONDS, LoadBalancer
 from infra.naming import Naming
 from infra.network import AZ_COUNT, Network, choose_azs
+from infra.outputs import OUTPUTS, check_names
 from infra.security import SecurityGroups
-from infra.settings import Settings
+from infra.settings import StackSettings
 from infra.storage import ArtifactStore
 
 
@@ -54,7 +49,7 @@ class MlflowStack:
         ]
 
 
-def build_stack(settings: Settings) -> MlflowStack:
+def build_stack(settings: StackSettings) -> MlflowStack:
     """Declare every resource of the stack; returns its components and outputs."""
     naming = Naming.current()
     azs = choose_azs(
@@ -116,7 +111,8 @@ def build_stack(settings: Settings) -> MlflowStack:
     return stack
 
 
-def stack_outputs(settings: Settings, stack: MlflowStack) -> dict[str, Any]:
+def stack_outputs(settings: StackSettings, stack: MlflowStack) -> dict[str, Any]:
+    """The outputs of infra/outputs.py this stack has; the secret ones as Pulumi secrets."""
     outputs: dict[str, Any] = {
         "hosts": pulumi.Output.all(*[s.host_entry() for s in stack.servers]),
         "ssh_user": settings.ssh_user,
@@ -131,10 +127,10 @@ def stack_outputs(settings: Settings, stack: MlflowStack) -> dict[str, Any]:
         outputs["url"] = stack.load_balancer.url
         outputs["drain_seconds"] = DRAIN_SECONDS
         if stack.load_balancer.certificate_pem is not None:
-            # Public by nature; plain so the operator's tools can write it for clients to pin.
             outputs["ca_certificate"] = stack.load_balancer.certificate_pem
     if stack.access.generated_key is not None:
-        outputs["ssh_private_key"] = pulumi.Output.secret(
-            stack.access.generated_key.private_key_openssh
-        )
-    return outputs
+        outputs["ssh_private_key"] = stack.access.generated_key.private_key_openssh
+    return {
+        name: pulumi.Output.secret(value) if OUTPUTS[name].secret else value
+        for name, value in check_names(outputs).items()
+    }

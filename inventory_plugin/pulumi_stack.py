@@ -1,8 +1,7 @@
 """Ansible inventory plugin: the hosts and variables of an mlflow-aws Pulumi stack.
 
-The plugin file is self-contained on purpose: Ansible loads it by path (not as part of the
-``inventory_plugin`` package), so it cannot import siblings. The outputs loader below is the
-one piece of code shared with ``python -m inventory_plugin.credentials``, which imports it.
+The outputs it reads are defined in ``infra/outputs.py``. The outputs loader below is shared
+with ``python -m inventory_plugin.credentials``, which imports it.
 """
 
 from __future__ import annotations
@@ -14,15 +13,22 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 from ansible.utils.unsafe_proxy import wrap_var
+
+try:
+    from infra.outputs import MAX_SECONDS, OUTPUTS, REQUIRED, SECRET
+except ModuleNotFoundError:  # Ansible loads this file by path: the repository is not on sys.path
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+    from infra.outputs import MAX_SECONDS, OUTPUTS, REQUIRED, SECRET
 
 if TYPE_CHECKING:
     from ansible.inventory.data import InventoryData
@@ -100,12 +106,6 @@ HOST_GROUP = "mlflow"
 PULUMI_INSTALL_URL = "https://www.pulumi.com/docs/install/"
 PULUMI_TIMEOUT_SECONDS = 120
 
-REQUIRED_STRING_OUTPUTS = ("ssh_user", "db_dsn", "artifacts_destination", "region", "url")
-REQUIRED_OUTPUTS = ("hosts", *REQUIRED_STRING_OUTPUTS)
-MAX_DRAIN_SECONDS = 600
-# Only the test harness (S3-compatible stores) sets these; Pulumi never exports them.
-S3_OUTPUTS = ("s3_endpoint_url", "s3_access_key_id", "s3_secret_access_key")
-
 # Stack and host names become path components: no '/', no leading '.'.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Keep user:password out of any URL echoed from pulumi's stderr.
@@ -134,20 +134,28 @@ class StackHost:
 
 @dataclass(frozen=True)
 class StackOutputs:
-    # Secrets are kept out of repr so a failing assertion or a traceback never prints them.
-    hosts: tuple[StackHost, ...]
-    ssh_user: str
-    artifacts_destination: str
-    region: str
-    url: str
-    db_dsn: str = field(repr=False)
-    ssh_private_key: str | None = field(default=None, repr=False)
-    s3: dict[str, str] = field(default_factory=dict, repr=False)
-    # Seconds a load balancer needs to stop sending requests to a host whose /health fails
-    # (0: no load balancer). Rolling restarts wait this long before and after each host.
-    drain_seconds: int = 0
-    # The load balancer's self-signed certificate (PEM) for clients to pin; None otherwise.
-    ca_certificate: str | None = None
+    """Validated outputs by name (infra/outputs.py); secrets never show in its repr."""
+
+    values: Mapping[str, Any]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.values.items() if k not in SECRET)
+        return f"StackOutputs({shown})"
+
+    hosts = property(lambda self: self.values["hosts"])
+    ssh_user = property(lambda self: self.values["ssh_user"])
+    db_dsn = property(lambda self: self.values["db_dsn"])
+    artifacts_destination = property(lambda self: self.values["artifacts_destination"])
+    region = property(lambda self: self.values["region"])
+    url = property(lambda self: self.values["url"])
+    ssh_private_key = property(lambda self: self.values["ssh_private_key"])
+    drain_seconds = property(lambda self: self.values["drain_seconds"])
+    ca_certificate = property(lambda self: self.values["ca_certificate"])
+
+    @property
+    def s3(self) -> dict[str, str]:
+        """The S3-compatible store's settings (local stand-ins only)."""
+        return {k: v for k, v in self.values.items() if OUTPUTS[k].standin and v is not None}
 
 
 # ---------------------------------------------------------------- loading the outputs
@@ -313,42 +321,38 @@ def validate_outputs(data: object, source: OutputsSource) -> StackOutputs:
         raise content_error(
             source, f"expected a JSON object of stack outputs, got {type_name(data)}"
         )
-    missing = [name for name in REQUIRED_OUTPUTS if data.get(name) is None]
+    missing = [name for name in REQUIRED if data.get(name) is None]
     if missing:
         names = ", ".join(f"'{name}'" for name in missing)
         raise content_error(source, f"required output(s) {names} missing")
-    strings = {
-        name: required_string(data[name], f"output '{name}'", source)
-        for name in REQUIRED_STRING_OUTPUTS
-    }
-    return StackOutputs(
-        hosts=validate_hosts(data["hosts"], source),
-        ssh_private_key=optional_string(
-            data.get("ssh_private_key"), "output 'ssh_private_key'", source
-        ),
-        s3={
-            name: value
-            for name in S3_OUTPUTS
-            if (value := optional_string(data.get(name), f"output '{name}'", source))
-        },
-        drain_seconds=drain_seconds(data.get("drain_seconds", 0), source),
-        ca_certificate=pem_certificate(data.get("ca_certificate"), source),
-        **strings,
-    )
+    values = {}
+    for name, output in OUTPUTS.items():
+        value = data.get(name, output.default)
+        # null means "absent" only where absent is null (drain_seconds: null is an error).
+        absent = value is None and output.default is None
+        values[name] = None if absent else VALIDATORS[output.kind](value, name, source)
+    return StackOutputs(values)
 
 
-def pem_certificate(value: object, source: OutputsSource) -> str | None:
-    text = optional_string(value, "output 'ca_certificate'", source)
-    if text is not None and "-----BEGIN CERTIFICATE-----" not in text:
-        raise content_error(source, "output 'ca_certificate' must be a PEM certificate")
+def text_output(value: object, name: str, source: OutputsSource) -> str | None:
+    """A string; an empty optional one counts as absent."""
+    if OUTPUTS[name].required:
+        return required_string(value, f"output '{name}'", source)
+    return optional_string(value, f"output '{name}'", source) or None
+
+
+def pem_certificate(value: object, name: str, source: OutputsSource) -> str:
+    text = optional_string(value, f"output '{name}'", source)
+    if text is None or "-----BEGIN CERTIFICATE-----" not in text:
+        raise content_error(source, f"output '{name}' must be a PEM certificate")
     return text
 
 
-def drain_seconds(value: object, source: OutputsSource) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DRAIN_SECONDS:
+def seconds(value: object, name: str, source: OutputsSource) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SECONDS:
         raise content_error(
             source,
-            f"output 'drain_seconds' must be an integer from 0 to {MAX_DRAIN_SECONDS}, "
+            f"output '{name}' must be an integer from 0 to {MAX_SECONDS}, "
             f"got {type_name(value) if not isinstance(value, int) else value}",
         )
     return value
@@ -368,10 +372,10 @@ def optional_string(value: object, where: str, source: OutputsSource) -> str | N
     return value
 
 
-def validate_hosts(value: object, source: OutputsSource) -> tuple[StackHost, ...]:
+def validate_hosts(value: object, name: str, source: OutputsSource) -> tuple[StackHost, ...]:
     if not isinstance(value, list) or not value:
         raise content_error(
-            source, f"output 'hosts' must be a non-empty list of hosts, got {type_name(value)}"
+            source, f"output '{name}' must be a non-empty list of hosts, got {type_name(value)}"
         )
     hosts = tuple(
         validate_host(entry, f"hosts[{index}]", source) for index, entry in enumerate(value)
@@ -412,6 +416,14 @@ def ip_address(value: object, where: str, source: OutputsSource) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise content_error(source, f"{where} '{text}' is not an IP address") from None
+
+
+VALIDATORS = {
+    "hosts": validate_hosts,
+    "text": text_output,
+    "pem": pem_certificate,
+    "seconds": seconds,
+}
 
 
 # ---------------------------------------------------------------- credentials folder
@@ -479,24 +491,24 @@ def build_host_vars(
     ssh_args = f"-o UserKnownHostsFile={shlex.quote(str(stack_dir / 'known_hosts'))}"
     host_vars: dict[str, Any] = {
         "ansible_host": host.public_ip,
-        "ansible_user": outputs.ssh_user,
         "ansible_ssh_common_args": ssh_args,
         "mlflow_stack": stack,
         "mlflow_credentials_dir": str(stack_dir),
-        "mlflow_db_dsn": outputs.db_dsn,
-        "mlflow_artifacts_destination": outputs.artifacts_destination,
         "mlflow_public_dns": host.public_dns,
         "mlflow_public_ip": host.public_ip,
         "mlflow_private_ip": host.private_ip,
-        "mlflow_aws_region": outputs.region,
-        "mlflow_url": outputs.url,
-        "mlflow_drain_seconds": outputs.drain_seconds,
     }
+    host_vars.update(
+        {
+            output.host_var: outputs.values[name]
+            for name, output in OUTPUTS.items()
+            if output.host_var and outputs.values[name] is not None
+        }
+    )
     if key_file is not None:
         host_vars["ansible_ssh_private_key_file"] = str(key_file)
         # Only the stack's key: an agent holding many keys would otherwise exhaust MaxAuthTries.
         host_vars["ansible_ssh_common_args"] = f"{ssh_args} -o IdentitiesOnly=yes"
-    host_vars.update({f"mlflow_{name}": value for name, value in outputs.s3.items()})
     return host_vars
 
 
@@ -506,7 +518,9 @@ def resolve_path(value: str, base: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class Settings:
+class PluginOptions:
+    """This plugin's options, read from its configuration file and the environment."""
+
     stack: str
     project_dir: Path
     outputs_file: Path | None
@@ -530,10 +544,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         super().parse(inventory, loader, path, cache)
         config = self._read_config_data(path)
         self._refuse_unknown_options(config, path)
-        settings = self._settings(config, Path(path).resolve().parent)
+        options = self._read_options(config, Path(path).resolve().parent)
         try:
-            outputs = load_outputs(settings.stack, settings.project_dir, settings.outputs_file)
-            stack_dir = prepare_stack_dir(settings.credentials_dir, settings.stack)
+            outputs = load_outputs(options.stack, options.project_dir, options.outputs_file)
+            stack_dir = prepare_stack_dir(options.credentials_dir, options.stack)
             key_file = install_private_key(stack_dir, outputs.ssh_private_key)
         except StackOutputsError as exc:
             # from None: Ansible would print the chained cause as a second, duplicate message.
@@ -541,7 +555,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self.inventory.add_group(HOST_GROUP)
         for host in outputs.hosts:
             self._add_host(
-                host.name, build_host_vars(outputs, host, settings.stack, stack_dir, key_file)
+                host.name, build_host_vars(outputs, host, options.stack, stack_dir, key_file)
             )
 
     def _refuse_unknown_options(self, config: Mapping[str, Any], path: str) -> None:
@@ -553,8 +567,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 f"known: {', '.join(sorted(self._options))}"
             )
 
-    def _settings(self, config: Mapping[str, Any], config_dir: Path) -> Settings:
-        return Settings(
+    def _read_options(self, config: Mapping[str, Any], config_dir: Path) -> PluginOptions:
+        return PluginOptions(
             stack=self.get_option("stack"),
             project_dir=self._path_option("project_dir", config, config_dir) or REPO_ROOT,
             outputs_file=self._outputs_file(config, config_dir),

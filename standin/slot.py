@@ -30,7 +30,7 @@ class Slot:
 
     @property
     def suffix(self) -> str:
-        """Appended to slot-0 names: empty for slot 0, so its names stay what they were."""
+        """Appended to names and folders of the slot: empty for slot 0."""
         return str(self.number) if self.number else ""
 
     # ----- network ---------------------------------------------------------------------

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from infra.outputs import check_names
+
 from . import cgroups, deps, hosts, network
 from .hosts import Host
 from .rootfs import CACHE_ROOT, BaseImage
@@ -220,23 +222,30 @@ class Testbed:
     # ----- outputs ---------------------------------------------------------------------
 
     def outputs(self) -> dict[str, Any]:
-        """Stack outputs in the shape Pulumi exports (see /work/contracts.md)."""
+        """Stack outputs as `make infra` exports them (infra/outputs.py), plus the S3 store's."""
         first = self.hosts[0]
-        return {
-            "hosts": [
-                {"name": h.name, "public_ip": h.ip, "private_ip": h.ip, "public_dns": h.dns_name}
-                for h in self.hosts
-            ],
-            "ssh_user": SSH_USER,
-            "ssh_private_key": self.ssh_key.read_text(),
-            "db_dsn": self.postgres.dsn(),
-            "artifacts_destination": f"s3://{S3_BUCKET}/{ARTIFACTS_PREFIX}",
-            "region": S3_REGION,
-            "url": f"https://{first.ip}",
-            "s3_endpoint_url": self.s3.endpoint_url,
-            "s3_access_key_id": S3_KEY,
-            "s3_secret_access_key": S3_KEY,
-        }
+        return check_names(
+            {
+                "hosts": [
+                    {
+                        "name": h.name,
+                        "public_ip": h.ip,
+                        "private_ip": h.ip,
+                        "public_dns": h.dns_name,
+                    }
+                    for h in self.hosts
+                ],
+                "ssh_user": SSH_USER,
+                "ssh_private_key": self.ssh_key.read_text(),
+                "db_dsn": self.postgres.dsn(),
+                "artifacts_destination": f"s3://{S3_BUCKET}/{ARTIFACTS_PREFIX}",
+                "region": S3_REGION,
+                "url": f"https://{first.ip}",
+                "s3_endpoint_url": self.s3.endpoint_url,
+                "s3_access_key_id": S3_KEY,
+                "s3_secret_access_key": S3_KEY,
+            }
+        )
 
     def write_outputs(self) -> Path:
         tmp = self.outputs_file.with_suffix(".tmp")

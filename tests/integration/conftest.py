@@ -8,14 +8,10 @@ Environment knobs:
   brought up by hand with the CLI in <repo>/.cache/testhosts is never touched; while such a
   bed is up in the same slot the fixture fails, because a slot's addresses are fixed).
 - MLFLOW_AWS_TESTBED_SLOT=N (1..9): run in slot N, beside beds of other slots (another
-  bridge, subnet and ports; see harness/slot.py); the default state dir gets the suffix N.
+  bridge, subnet and ports; see standin/slot.py); the default state dir gets the suffix N.
+  Tests that need a second bed (test_harness.py, the scale session) take slot N+1.
 - MLFLOW_AWS_TESTBED_KEEP=1: leave the bed up after the session; the next session reuses it
-  (seconds instead of a fresh boot). `python -m standin down --state-dir
-  DIR` removes it.
-Note: test_harness.py::test_down_leaves_nothing_behind takes the bed down and brings it up
-again with fresh hosts; tests must not rely on host state from another test module. The
-harness's tests therefore run last (a fresh configure costs minutes), and should a test using
-`stack` still run after a re-created bed, the stack is configured again first.
+  (seconds instead of a fresh boot). `python -m standin down --state-dir DIR` removes it.
 """
 
 from __future__ import annotations
@@ -26,12 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from standin import HarnessError, Testbed
-from standin.deps import missing_prerequisites
+from standin import Testbed
 from standin.slot import from_env
 from standin.util import REPO_ROOT
 from tests.integration.figures import FIGURES
-from tests.integration.stack import Stack, configure_stack, reconfigure_if_recreated
+from tests.integration.stack import Stack, configure_stack, running_bed
 
 # The MLflow client phones home by default: test traffic stays on this machine and the test hosts.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -47,17 +42,8 @@ def testbed_state_dir() -> Path:
 @pytest.fixture(scope="session")
 def testbed() -> Iterator[Testbed]:
     """The running test bed: `.hosts`, `.outputs_file`, `.state_dir`, `.query()`, ..."""
-    problems = missing_prerequisites()
-    if problems:
-        pytest.fail("integration tests need: " + "; ".join(problems), pytrace=False)
-    bed = Testbed(testbed_state_dir())
-    try:
-        bed.up(HOST_COUNT, replace=True)
-    except HarnessError as error:
-        pytest.fail(f"test bed did not come up: {error}", pytrace=False)
-    yield bed
-    if os.environ.get("MLFLOW_AWS_TESTBED_KEEP") != "1":
-        bed.down()
+    with running_bed(testbed_state_dir(), HOST_COUNT) as bed:
+        yield bed
 
 
 @pytest.fixture(scope="session")
@@ -66,26 +52,9 @@ def stack(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Stack:
     return configure_stack(testbed, tmp_path_factory.mktemp("stack"))
 
 
-@pytest.fixture(autouse=True)
-def _stack_follows_the_bed(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """Before a test that uses `stack`: reconfigure if the bed was brought up anew."""
-    if "stack" in request.fixturenames:
-        stack: Stack = request.getfixturevalue("stack")
-        reconfigure_if_recreated(stack, tmp_path_factory.mktemp("stack"))
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Every measured figure of the run in one place (figures.figure), passing tests too."""
     if FIGURES:
         terminalreporter.section("measured figures")
         for line in FIGURES:
             terminalreporter.write_line(line)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """test_harness.py last: its final test re-creates the bed, unconfigured."""
-    harness = [item for item in items if item.path.name == "test_harness.py"]
-    others = [item for item in items if item.path.name != "test_harness.py"]
-    items[:] = others + harness

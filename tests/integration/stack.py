@@ -1,23 +1,53 @@
-"""A configured test stack: the harness's hosts after the real playbook ran on them.
+"""Test beds and configured test stacks (a bed's hosts after the real playbook ran on them).
 
-Shared by the end-to-end tests and the examples' tests through the `stack` fixture (conftest.py).
+`running_bed` is behind every bed fixture (conftest.py's `testbed`, test_scale.py's `bed`);
+`configure_stack` behind `stack`, shared by the end-to-end and the examples' tests.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import requests
+import yaml
 
-from standin import Host, Testbed
+from standin import HarnessError, Host, Slot, Testbed
+from standin.deps import missing_prerequisites
 from standin.playbook import PlaybookRun, run_playbook
+from standin.util import REPO_ROOT
 from tests.integration.figures import figure
 
 USERS = ["team", "alice"]
 STACK = "e2e"
+# The release the mlflow role installs: its default.
+MLFLOW_DEFAULTS = REPO_ROOT / "ansible" / "roles" / "mlflow" / "defaults" / "main.yml"
+PINNED_VERSION = yaml.safe_load(MLFLOW_DEFAULTS.read_text())["mlflow_version"]
+
+
+@contextmanager
+def running_bed(state_dir: Path, hosts: int, slot: Slot | None = None) -> Iterator[Testbed]:
+    """A bed of `hosts` fresh hosts, taken down afterwards unless MLFLOW_AWS_TESTBED_KEEP=1.
+
+    It FAILS (never skips) when this machine cannot run test hosts, naming what is missing.
+    """
+    problems = missing_prerequisites()
+    if problems:
+        pytest.fail("integration tests need: " + "; ".join(problems), pytrace=False)
+    bed = Testbed(state_dir, slot)
+    try:
+        bed.up(hosts, replace=True)
+    except HarnessError as error:
+        pytest.fail(f"test bed did not come up: {error}", pytrace=False)
+    yield bed
+    if os.environ.get("MLFLOW_AWS_TESTBED_KEEP") != "1":
+        bed.down()
 
 
 @dataclass
@@ -29,9 +59,6 @@ class Stack:
     users_file: Path
     cold: PlaybookRun
     rerun: PlaybookRun
-    # When the bed's hosts were booted (state.json `started_at`): a bed taken down and brought
-    # up again (test_harness.py does) has new, unconfigured hosts.
-    bed_started_at: float | None = None
     # Outputs other than the bed's own (e.g. a load balancer's url in front of the hosts).
     outputs_file: Path | None = None
     # Extra ansible-playbook arguments of every run (e.g. another mlflow_version).
@@ -78,26 +105,10 @@ def configure_stack(
     users_file.write_text(json.dumps({"mlflow_users": [{"name": user} for user in USERS]}))
     configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
     configured.outputs_file, configured.extra = outputs_file, extra
-    configured.bed_started_at = testbed.state().get("started_at")
     configured.cold = configured.configure().check()
     configured.rerun = configured.configure().check()
     figure(f"cold converge {configured.cold.seconds:.0f} s, rerun {configured.rerun.seconds:.0f} s")
     return configured
-
-
-def reconfigure_if_recreated(stack: Stack, work: Path) -> bool:
-    """Configure the bed's hosts again, in place, if the bed was brought up anew since.
-
-    In place: module-scoped fixtures keep their reference to the session's Stack. New hosts
-    have new SSH host keys, so the credentials (known_hosts, passwords) start afresh in `work`.
-    """
-    started_at = stack.bed.state().get("started_at")
-    if started_at == stack.bed_started_at:
-        return False
-    fresh = configure_stack(stack.bed, work)
-    for name in ("credentials_dir", "users_file", "cold", "rerun", "bed_started_at"):
-        setattr(stack, name, getattr(fresh, name))
-    return True
 
 
 def wait_serving(stack: Stack, host: Host, timeout: float) -> float:

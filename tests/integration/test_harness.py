@@ -181,9 +181,14 @@ def test_up_again_reuses_a_healthy_bed_and_refuses_another_size(testbed: Testbed
         Testbed(testbed.state_dir).up(len(testbed.hosts) + 1)
 
 
+def beside_slot(testbed: Testbed) -> Slot:
+    """The slot after the shared bed's, as the scale session's (a session of its own)."""
+    return Slot((testbed.slot.number + 1) % 10)
+
+
 def test_a_bed_in_another_slot_runs_beside(testbed: Testbed) -> None:
     """A second bed (1 host) in another slot: up, SSH, its own services, down, nothing left."""
-    slot = Slot(2 if testbed.slot.number == 1 else 1)
+    slot = beside_slot(testbed)
     beside = Testbed(REPO_ROOT / ".cache" / f"testhosts-pytest-beside{slot.number}", slot)
     try:
         beside.up(1, replace=True)
@@ -221,14 +226,18 @@ def test_cli_needs_root() -> None:
 
 
 def test_down_leaves_nothing_behind(testbed: Testbed) -> None:
-    """Runs last in this module: takes the bed down, checks, and brings it up again."""
-    ip_forward_before = testbed.state()["ip_forward_before"]
-    testbed.down()
-    testbed.down()  # idempotent
-    assert testbed.leftovers() == []
-    # Beds of other slots (e.g. a developer's) keep forwarding on until the last one is down.
-    others_up = any(network.link_exists(s.bridge) for s in other_slots(testbed.slot))
+    """A bed of its own in the next slot (the shared bed stays up): up, down twice, checks."""
+    slot = beside_slot(testbed)
+    own = Testbed(REPO_ROOT / ".cache" / f"testhosts-pytest-down{slot.number}", slot)
+    try:
+        own.up(1, replace=True)
+        assert all(h.ssh_ready() for h in own.hosts)
+        ip_forward_before = own.state()["ip_forward_before"]
+    finally:
+        own.down()
+    own.down()  # idempotent
+    assert own.leftovers() == []
+    # Beds of other slots (e.g. the shared bed) keep forwarding on until the last one is down.
+    others_up = any(network.link_exists(s.bridge) for s in other_slots(own.slot))
     assert IP_FORWARD.read_text().strip() == ("1" if others_up else ip_forward_before)
-    assert not (testbed.state_dir / "hosts").exists()
-    testbed.up(2)
-    assert all(h.ssh_ready() for h in testbed.hosts)
+    assert not (own.state_dir / "hosts").exists()

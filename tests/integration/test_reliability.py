@@ -26,14 +26,13 @@ import pytest
 from standin import Host
 from standin.playbook import PlaybookRun, run_playbook
 from tests.integration.figures import figure
-from tests.integration.stack import STACK, Stack, wait_serving
+from tests.integration.stack import PINNED_VERSION, STACK, Stack, wait_serving
 
 pytestmark = pytest.mark.integration
 
 METRIC = "loss"
 ARTIFACT_DIR = "files"
-OLD_VERSION = "3.16.1"  # its migration to the pinned 3.17.2 alters existing tables
-PINNED_VERSION = "3.17.2"
+OLD_VERSION = "3.16.1"  # its migration to the pinned release alters existing tables
 
 
 def metric_value(client: int, step: int) -> float:

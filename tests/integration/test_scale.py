@@ -22,40 +22,30 @@ from pathlib import Path
 import pytest
 import requests
 
-from standin import HarnessError, Slot, Testbed
-from standin.deps import missing_prerequisites
+from infra.outputs import check_names
+from standin import Slot, Testbed
 from standin.playbook import PlaybookRun
 from standin.slot import from_env
 from standin.util import REPO_ROOT
 from tests.integration.balancer import DRAIN_SECONDS, Balancer
 from tests.integration.figures import figure
 from tests.integration.hammer import Hammer
-from tests.integration.stack import Stack, configure_stack
+from tests.integration.stack import PINNED_VERSION, Stack, configure_stack, running_bed
 
 pytestmark = [pytest.mark.integration, pytest.mark.scale]
 
 HOSTS = 3
 OLD_VERSION = "3.16.1"  # deployed first; the upgrade test moves to the pinned release
-PINNED_VERSION = "3.17.2"
 API = "/api/2.0/mlflow/experiments/search?max_results=1"
 CONFIGURE_PLAY = "PLAY [Configure the MLflow servers]"
 
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Testbed]:
-    problems = missing_prerequisites()
-    if problems:
-        pytest.fail("scale tests need: " + "; ".join(problems), pytrace=False)
     # The next slot: runs beside the two-host bed when both are in one session.
     slot = Slot((from_env().number + 1) % 10)
-    testbed = Testbed(REPO_ROOT / ".cache" / f"testhosts-scale{slot.suffix}", slot=slot)
-    try:
-        testbed.up(HOSTS, replace=True)
-    except HarnessError as error:
-        pytest.fail(f"test bed did not come up: {error}", pytrace=False)
-    yield testbed
-    if os.environ.get("MLFLOW_AWS_TESTBED_KEEP") != "1":
-        testbed.down()
+    with running_bed(REPO_ROOT / ".cache" / f"testhosts-scale{slot.suffix}", HOSTS, slot) as bed:
+        yield bed
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +58,13 @@ def balancer(bed: Testbed) -> Iterator[Balancer]:
 @pytest.fixture(scope="module")
 def scaled(bed: Testbed, balancer: Balancer, tmp_path_factory: pytest.TempPathFactory) -> Stack:
     """The three hosts configured behind the balancer on the older release (cold, then rerun)."""
-    outputs = bed.outputs() | {
+    balanced = {  # what a scaled stack exports (infra/outputs.py)
         "url": balancer.url,
         "drain_seconds": DRAIN_SECONDS,
         "ca_certificate": balancer.certificate.read_text(),
     }
     outputs_file = bed.state_dir / "outputs-balanced.json"
-    outputs_file.write_text(json.dumps(outputs))
+    outputs_file.write_text(json.dumps(check_names(bed.outputs() | balanced)))
     work = tmp_path_factory.mktemp("scaled")
     (work / "old.yml").write_text(f"mlflow_version: {OLD_VERSION}\n")
     return configure_stack(bed, work, outputs_file, ("-e", f"@{work / 'old.yml'}"))

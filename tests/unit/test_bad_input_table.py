@@ -12,7 +12,7 @@ from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import inventory_loader
 
-from infra.settings import Settings, SettingsError
+from infra.settings import SettingsError, StackSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,5 +53,5 @@ def test_plugin_refuses_unknown_options(
 def test_artifact_prefix_cannot_be_the_backups_prefix(prefix: str) -> None:
     values = {"aws:region": "eu-west-1", "sshAllowedCidrs": ["198.51.100.7/32"]}
     with pytest.raises(SettingsError, match=f"artifactPrefix '{prefix}' is not allowed: backups/"):
-        Settings.from_mapping({**values, "artifactPrefix": prefix})
-    assert Settings.from_mapping({**values, "artifactPrefix": "backups-x"})
+        StackSettings.from_mapping({**values, "artifactPrefix": prefix})
+    assert StackSettings.from_mapping({**values, "artifactPrefix": "backups-x"})

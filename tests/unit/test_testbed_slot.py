@@ -18,8 +18,8 @@ from standin.services import pg_conf, pg_hba
 from standin.slot import ENV_VAR, SLOTS, Slot, from_env
 from standin.util import REPO_ROOT, HarnessError
 
-# What the harness used before slots: slot 0 must keep every one of these.
-LEGACY_NFT_RULESET = """\
+# Slot 0's nft table: names without a slot suffix.
+SLOT_0_NFT_RULESET = """\
 table ip mlflow_testhosts {
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
@@ -36,7 +36,7 @@ table ip mlflow_testhosts {
 """
 
 
-def test_slot_0_keeps_the_legacy_names_and_addresses() -> None:
+def test_slot_0_names_and_addresses_have_no_suffix() -> None:
     slot = Slot(0)
     assert (slot.bridge, slot.gateway, slot.subnet) == ("mlfa0", "10.77.0.1", "10.77.0.0/24")
     assert [slot.host_ip(i) for i in (1, 2)] == ["10.77.0.11", "10.77.0.12"]
@@ -45,7 +45,7 @@ def test_slot_0_keeps_the_legacy_names_and_addresses() -> None:
     assert address.veth == "mlfa-h1"
     assert (slot.pg_port, slot.s3_port) == (55432, 55900)
     assert slot.nft_table == "mlflow_testhosts"
-    assert network.nft_ruleset(slot) == LEGACY_NFT_RULESET
+    assert network.nft_ruleset(slot) == SLOT_0_NFT_RULESET
     assert slot.host_prefix == "mlflow-test-"
     assert slot.cgroup_group == "mlflow-testhosts"
     assert slot.run_dir == Path("/run/mlflow-aws-testhosts")
@@ -120,7 +120,7 @@ def test_a_bed_is_refused_from_another_slot(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match=f"in slot 2, not 1: set {ENV_VAR}=2"):
         Testbed(tmp_path, Slot(1))
     assert Testbed(tmp_path, Slot(2)).slot == Slot(2)
-    (tmp_path / "state.json").write_text(json.dumps({"status": "up"}))  # from before slots
+    (tmp_path / "state.json").write_text(json.dumps({"status": "up"}))  # no slot recorded: slot 0
     with pytest.raises(HarnessError, match="in slot 0"):
         Testbed(tmp_path, Slot(1))
 

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from infra_mocks import MOCKS, checked_counts, pending_checks
+from pulumi.runtime import config as runtime_config
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,3 +31,10 @@ def _every_check_ran() -> Iterator[None]:
         assert seen == len(MOCKS.resources), (
             f"a check saw {seen} resources but {len(MOCKS.resources)} were registered"
         )
+
+
+@pytest.fixture
+def stack_config() -> Iterator[Callable[[dict[str, str]], None]]:
+    """Set this stack's Pulumi config for one test, then clear it."""
+    yield runtime_config.set_all_config
+    runtime_config.set_all_config({})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import runpy
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -178,23 +179,28 @@ pulumi.runtime.set_mocks(
 )
 
 # Imported only now: the program must see the mocks.
-from infra.settings import Settings  # noqa: E402
+from infra.settings import StackSettings  # noqa: E402
 from infra.stack import MlflowStack, build_stack  # noqa: E402
 
 OPERATOR_CIDR = "198.51.100.0/24"
 
 
-def make_settings(**overrides: Any) -> Settings:
+def make_settings(**overrides: Any) -> StackSettings:
     """Valid settings for tests: the defaults plus the required keys, then `overrides`."""
     values: dict[str, Any] = {"aws:region": REGION, "sshAllowedCidrs": [OPERATOR_CIDR]}
     values.update(overrides)
-    return Settings.from_mapping(values)
+    return StackSettings.from_mapping(values)
 
 
 def fresh_stack(**overrides: Any) -> MlflowStack:
     """Build the whole program with `make_settings(**overrides)`, recording from scratch."""
     MOCKS.reset()
     return build_stack(make_settings(**overrides))
+
+
+def run_program() -> None:
+    """Run `__main__.py` as Pulumi does (with the config a test set through `stack_config`)."""
+    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
 
 
 class Resources:

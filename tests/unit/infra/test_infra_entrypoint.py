@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import runpy
-
 import pulumi
 import pytest
-from infra_mocks import MOCKS, ROOT
-from pulumi.runtime import config as runtime_config
+from infra_mocks import MOCKS, run_program
 
 CONFIG = {"aws:region": "eu-west-1", "mlflow-aws:sshAllowedCidrs": '["198.51.100.7/32"]'}
-
-
-@pytest.fixture
-def stack_config():
-    def set_config(values: dict[str, str]) -> None:
-        runtime_config.set_all_config(values)
-
-    yield set_config
-    runtime_config.set_all_config({})
-
-
-def run_program() -> None:
-    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
 
 
 def test_program_runs_from_pulumi_config_and_exports_the_contract(stack_config, monkeypatch):

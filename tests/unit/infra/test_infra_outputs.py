@@ -16,6 +16,7 @@ from infra_mocks import (
 )
 
 from infra.database import postgres_dsn
+from infra.outputs import OUTPUTS, REQUIRED
 
 CONTRACT_KEYS = {"hosts", "ssh_user", "db_dsn", "artifacts_destination", "region", "url"}
 OPERATOR_KEY = (
@@ -78,3 +79,21 @@ def test_output_values():
 def test_dsn_quotes_the_password():
     dsn = postgres_dsn("p@ss/w:rd?#%", "db.example")
     assert dsn == "postgresql://mlflow:p%40ss%2Fw%3Ard%3F%23%25@db.example:5432/mlflow"
+
+
+@pulumi.runtime.test
+def test_exported_names_and_secret_flags_are_the_contracts():
+    """One host with a generated key, and three behind a self-signed load balancer: every
+    output is one infra/outputs.py defines (not a stand-in's), every required one is there,
+    and each is a Pulumi secret exactly when the contract says so."""
+    one, three = fresh_stack().outputs, fresh_stack(instances=3).outputs
+
+    async def check() -> None:
+        for outputs in (one, three):
+            assert set(REQUIRED) <= set(outputs) <= {n for n, o in OUTPUTS.items() if not o.standin}
+            for name, value in outputs.items():
+                secret = isinstance(value, pulumi.Output) and await value.is_secret()
+                assert secret == OUTPUTS[name].secret, name
+        assert set(three) == set(OUTPUTS) - {n for n, o in OUTPUTS.items() if o.standin}
+
+    return check()

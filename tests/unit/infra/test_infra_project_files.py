@@ -8,7 +8,7 @@ import yaml
 from infra_mocks import ROOT
 
 from infra.config_table import load_config_schema, readme_block, render
-from infra.settings import DEFAULTS, REQUIRED, Settings
+from infra.settings import DEFAULTS, REQUIRED, StackSettings
 
 
 def test_project_file_runtime():
@@ -59,7 +59,7 @@ def _as_settings_mapping(config: dict) -> dict:
 def test_example_config_names_only_known_settings():
     values = _as_settings_mapping(_example_config(uncomment=True))
     assert set(values) == {*REQUIRED, *DEFAULTS}
-    Settings.from_mapping(values)  # and every example value is valid
+    StackSettings.from_mapping(values)  # and every example value is valid
 
 
 def test_example_config_leaves_required_settings_to_the_user():

@@ -6,7 +6,6 @@ behind an internet-facing ALB that alone takes HTTPS from the world (security-gr
 
 from __future__ import annotations
 
-import runpy
 from collections import Counter
 
 import pulumi
@@ -17,7 +16,6 @@ from infra_mocks import (
     MOCKS,
     OPERATOR_CIDR,
     REGION,
-    ROOT,
     SELF_SIGNED_PEM,
     ZONES,
     Registered,
@@ -26,8 +24,8 @@ from infra_mocks import (
     fresh_stack,
     host_addresses,
     rules,
+    run_program,
 )
-from pulumi.runtime import config as runtime_config
 from pulumi.runtime import rpc
 
 from infra.loadbalancer import common_name
@@ -404,19 +402,6 @@ def test_certificate_common_name_fits_x509(dns, expected):
 # --- the setting through Pulumi config ---------------------------------------------------------
 
 CONFIG = {"aws:region": REGION, "mlflow-aws:sshAllowedCidrs": f'["{OPERATOR_CIDR}"]'}
-
-
-@pytest.fixture
-def stack_config():
-    def set_config(values: dict[str, str]) -> None:
-        runtime_config.set_all_config(values)
-
-    yield set_config
-    runtime_config.set_all_config({})
-
-
-def run_program() -> None:
-    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
 
 
 @pytest.mark.parametrize("value", ["0", "11", "x", "-1", "2.5", ""])

@@ -1,4 +1,4 @@
-"""Settings validation: every bad value gets an error naming the key and what is allowed."""
+"""StackSettings validation: every bad value gets an error naming the key and what is allowed."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 from infra_mocks import OPERATOR_CIDR, REGION, make_settings
-from pulumi.runtime import config as runtime_config
 
-from infra.settings import DEFAULTS, Settings, SettingsError, instance_spec, load_settings
+from infra.settings import DEFAULTS, SettingsError, StackSettings, instance_spec, load_settings
 
 ED25519_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAblW2M0gfe7BylX6rzxEMly6GaRw8/tq+CIAkv/5C8j op@laptop"
@@ -127,7 +126,7 @@ def test_every_setting_has_an_error_case():
 
 def test_defaults():
     settings = make_settings()
-    assert settings == Settings(
+    assert settings == StackSettings(
         region=REGION,
         ssh_allowed_cidrs=(OPERATOR_CIDR,),
         ssh_public_key=None,
@@ -207,17 +206,6 @@ def test_values_from_pulumi_config_strings():
     assert settings.deletion_protection is True
     assert settings.db_engine_version == "18"
     assert settings.ssh_allowed_cidrs == ("192.0.2.0/28",)
-
-
-@pytest.fixture
-def stack_config():
-    """Set this stack's Pulumi config for one test, then clear it."""
-
-    def set_config(values: dict[str, str]) -> None:
-        runtime_config.set_all_config(values)
-
-    yield set_config
-    runtime_config.set_all_config({})
 
 
 def test_load_settings_reads_pulumi_config(stack_config):

@@ -39,6 +39,32 @@ BASE_OUTPUTS: dict[str, Any] = {
 }
 
 
+@pytest.fixture
+def expected_host_vars() -> Callable[[Path, Path], dict[str, Any]]:
+    """The host variables of BASE_OUTPUTS' host, its credentials in stack_dir, key in key_file."""
+
+    def expected(stack_dir: Path, key_file: Path) -> dict[str, Any]:
+        return {
+            "ansible_host": "203.0.113.10",
+            "ansible_user": "ubuntu",
+            "ansible_ssh_private_key_file": str(key_file),
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={stack_dir}/known_hosts"
+            " -o IdentitiesOnly=yes",
+            "mlflow_stack": "dev",
+            "mlflow_credentials_dir": str(stack_dir),
+            "mlflow_db_dsn": BASE_OUTPUTS["db_dsn"],
+            "mlflow_artifacts_destination": "s3://mlflow-dev-artifacts/mlflow-artifacts",
+            "mlflow_public_dns": "ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
+            "mlflow_public_ip": "203.0.113.10",
+            "mlflow_private_ip": "10.0.1.10",
+            "mlflow_aws_region": "eu-west-1",
+            "mlflow_url": "https://ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
+            "mlflow_drain_seconds": 0,
+        }
+
+    return expected
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The operator's own STACK or credentials folder must not leak into a test."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from infra.outputs import REQUIRED
 from inventory_plugin import pulumi_stack as ps
 
 SOURCE = ps.OutputsSource("outputs file /x/outputs.json", "fix the file")
@@ -64,7 +65,7 @@ def test_optional_outputs(outputs: dict[str, Any]) -> None:
     assert (result.hosts[0].private_ip, result.hosts[0].public_dns) == ("", "")
 
 
-@pytest.mark.parametrize("name", ps.REQUIRED_OUTPUTS)
+@pytest.mark.parametrize("name", REQUIRED)
 def test_each_missing_output_is_named(outputs: dict[str, Any], name: str) -> None:
     del outputs[name]
     message = error_for(outputs)
@@ -289,27 +290,13 @@ def test_unwritable_credentials_folder_is_one_clear_error(tmp_path: Path) -> Non
 # ---------------------------------------------------------------- host variables
 
 
-def test_host_vars(outputs: dict[str, Any], tmp_path: Path) -> None:
+def test_host_vars(
+    outputs: dict[str, Any], tmp_path: Path, expected_host_vars: Callable[[Path, Path], dict]
+) -> None:
     result = ps.validate_outputs(outputs, SOURCE)
     key = tmp_path / "dev" / "ssh_key"
     host_vars = ps.build_host_vars(result, result.hosts[0], "dev", tmp_path / "dev", key)
-    assert host_vars == {
-        "ansible_host": "203.0.113.10",
-        "ansible_user": "ubuntu",
-        "ansible_ssh_private_key_file": str(key),
-        "ansible_ssh_common_args": f"-o UserKnownHostsFile={tmp_path}/dev/known_hosts"
-        " -o IdentitiesOnly=yes",
-        "mlflow_stack": "dev",
-        "mlflow_credentials_dir": str(tmp_path / "dev"),
-        "mlflow_db_dsn": outputs["db_dsn"],
-        "mlflow_artifacts_destination": "s3://mlflow-dev-artifacts/mlflow-artifacts",
-        "mlflow_public_dns": "ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
-        "mlflow_public_ip": "203.0.113.10",
-        "mlflow_private_ip": "10.0.1.10",
-        "mlflow_aws_region": "eu-west-1",
-        "mlflow_url": "https://ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
-        "mlflow_drain_seconds": 0,
-    }
+    assert host_vars == expected_host_vars(tmp_path / "dev", key)
 
 
 def test_host_vars_without_key_and_with_s3_settings(outputs: dict[str, Any]) -> None:

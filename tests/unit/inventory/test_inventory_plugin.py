@@ -23,6 +23,7 @@ DB_PASSWORD = "dbS3cretPassw0rd"
 
 WriteConfig = Callable[..., Path]
 WriteOutputs = Callable[..., Path]
+ExpectedHostVars = Callable[[Path, Path], dict[str, Any]]
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +51,11 @@ def host_vars(inventory: InventoryManager, name: str) -> dict[str, Any]:
 
 
 def test_one_host_with_its_vars(
-    write_config: WriteConfig, write_outputs: WriteOutputs, outputs: dict[str, Any], tmp_path: Path
+    write_config: WriteConfig,
+    write_outputs: WriteOutputs,
+    outputs: dict[str, Any],
+    tmp_path: Path,
+    expected_host_vars: ExpectedHostVars,
 ) -> None:
     write_outputs(outputs)
     inventory = load_inventory(write_config(outputs_file="../outputs.json"))
@@ -65,21 +70,7 @@ def test_one_host_with_its_vars(
         "inventory_hostname": "mlflow-dev-1",
         "inventory_hostname_short": "mlflow-dev-1",
         "group_names": ["mlflow"],
-        "ansible_host": "203.0.113.10",
-        "ansible_user": "ubuntu",
-        "ansible_ssh_private_key_file": str(stack_dir / "ssh_key"),
-        "ansible_ssh_common_args": f"-o UserKnownHostsFile={stack_dir}/known_hosts"
-        " -o IdentitiesOnly=yes",
-        "mlflow_stack": "dev",
-        "mlflow_credentials_dir": str(stack_dir),
-        "mlflow_db_dsn": outputs["db_dsn"],
-        "mlflow_artifacts_destination": "s3://mlflow-dev-artifacts/mlflow-artifacts",
-        "mlflow_public_dns": "ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
-        "mlflow_public_ip": "203.0.113.10",
-        "mlflow_private_ip": "10.0.1.10",
-        "mlflow_aws_region": "eu-west-1",
-        "mlflow_url": "https://ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
-        "mlflow_drain_seconds": 0,
+        **expected_host_vars(stack_dir, stack_dir / "ssh_key"),
     }
     key_file = stack_dir / "ssh_key"
     assert key_file.read_text() == outputs["ssh_private_key"] + "\n"
