@@ -1,4 +1,4 @@
-"""The test harness itself: real hosts that behave like fresh Debian 12 EC2 instances."""
+"""The test harness itself: real hosts that behave like fresh Debian 13 EC2 instances."""
 
 from __future__ import annotations
 
