@@ -40,7 +40,9 @@ def credentials_lines(outputs_file: os.PathLike[str]) -> str:
 
 def up() -> int:
     bed = Testbed(state_dir())
-    print(">> starting a Debian 13 test host, PostgreSQL 17 and an S3-compatible endpoint", flush=True)
+    print(
+        ">> starting a Debian 13 test host, PostgreSQL 17 and an S3-compatible endpoint", flush=True
+    )
     bed.up(1)
     print(">> configuring it with the real playbook (a cold run takes a few minutes)", flush=True)
     run_playbook(bed.outputs_file, CREDENTIALS_DIR, STACK).check()

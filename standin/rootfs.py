@@ -135,7 +135,9 @@ class BaseImage:
         extra_packages: tuple[str, ...] = (),
     ) -> None:
         if debian not in SUITES:
-            raise HarnessError(f"Debian {debian} is not buildable here: choose one of {sorted(SUITES)}")
+            raise HarnessError(
+                f"Debian {debian} is not buildable here: choose one of {sorted(SUITES)}"
+            )
         self.debian = debian
         self.suite = SUITES[debian]
         self.include = (*INCLUDE, *extra_packages)

@@ -172,11 +172,12 @@ class Postgres:
             [f"{PG_BIN}/initdb", "-D", PG_DATA, "-U", "postgres", "--encoding=UTF8",
              "--locale=C.UTF-8", "--auth-local=peer", "--auth-host=scram-sha-256"],
         )  # fmt: skip
-        with (self.data / "postgresql.conf").open("a") as conf:
+        data = self.root / PG_DATA.lstrip("/")  # written through the mount, not the upper dir
+        with (data / "postgresql.conf").open("a") as conf:
             conf.write(pg_conf(self.slot) + f"unix_socket_directories = '{PG_SOCKET_DIR}'\n")
             # /dev is the machine's (bind mount): keep shared memory segments in the data dir.
             conf.write("dynamic_shared_memory_type = mmap\n")
-        (self.data / "pg_hba.conf").write_text(pg_hba(self.slot))
+        (data / "pg_hba.conf").write_text(pg_hba(self.slot))
         self.password_file.write_text(random_password() + "\n")
         self.password_file.chmod(0o600)
         self.start()

@@ -178,7 +178,6 @@ class Testbed:
             debian=self.debian,
             ip_forward_before=self.forward_file.read_text().strip(), started_at=time.time(),
         )  # fmt: skip
-        self.state_dir.chmod(0o755)  # user postgres must traverse it to its data dir
         _remove(self.credentials_dir)  # new hosts, new host keys
         self.hosts = self._make_hosts(host_count)
         base = BaseImage(debian=self.debian).ensure()

@@ -61,10 +61,13 @@ def test_cold_converge_then_rerun_changes_nothing(stack12: Stack) -> None:
     host = stack12.bed.hosts[0]
     assert stack12.cold.recap[host.name]["failed"] == 0
     assert stack12.rerun.changed() == {host.name: 0}
-    figure(f"Debian 12: cold converge {stack12.cold.seconds:.0f} s, rerun {stack12.rerun.seconds:.0f} s")
+    cold, rerun = stack12.cold.seconds, stack12.rerun.seconds
+    figure(f"Debian 12: cold converge {cold:.0f} s, rerun {rerun:.0f} s")
 
 
-def test_mlflow_client_workflow(stack12: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_client_workflow(
+    stack12: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow.tracking import MlflowClient
 
     host = stack12.bed.hosts[0]
