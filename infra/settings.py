@@ -24,7 +24,7 @@ PROJECT = "mlflow-aws"
 DEFAULTS: dict[str, Any] = {
     "sshPublicKey": "",
     "instanceType": "t3.medium",
-    "os": "ubuntu-24.04",
+    "os": "debian-13",
     "rootVolumeSize": 20,
     "instances": 1,
     "certificateArn": "",
@@ -117,6 +117,12 @@ class OsImage:
 
 
 OS_IMAGES: dict[str, OsImage] = {
+    # The default: the OS the local tests boot (standin builds Debian 13 hosts).
+    "debian-13": OsImage(
+        owner="136693071363",  # Debian cloud team
+        name_pattern="debian-13-{arch}-*",
+        ssh_user="admin",
+    ),
     "ubuntu-24.04": OsImage(
         owner="099720109477",  # Canonical
         name_pattern="ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*",

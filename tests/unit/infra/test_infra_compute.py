@@ -52,6 +52,22 @@ def test_root_volume_is_encrypted_gp3_ebs_encryption():
     ("os_name", "instance_type", "owner", "name_filter", "arch", "ssh_user"),
     [
         (
+            "debian-13",
+            "t3.medium",
+            "136693071363",
+            "debian-13-amd64-*",
+            "x86_64",
+            "admin",
+        ),
+        (
+            "debian-13",
+            "t4g.medium",
+            "136693071363",
+            "debian-13-arm64-*",
+            "arm64",
+            "admin",
+        ),
+        (
             "ubuntu-24.04",
             "t3.medium",
             "099720109477",
@@ -101,6 +117,21 @@ def test_image_lookup_and_ssh_user(os_name, instance_type, owner, name_filter, a
         assert instance["instanceType"] == instance_type
         assert stack.outputs["ssh_user"] == ssh_user
 
+    return after_registration(stack, check)
+
+
+@pulumi.runtime.test
+def test_default_os_is_debian_13_the_os_the_tests_boot():
+    """No `os` setting: Debian 13 from the Debian cloud team, SSH user admin."""
+
+    def check(res: Resources) -> None:
+        (call,) = res.calls_to(GET_AMI)
+        assert call.args["owners"] == ["136693071363"]
+        filters = {f["name"]: f["values"] for f in call.args["filters"]}
+        assert filters["name"] == ["debian-13-amd64-*"]
+        assert stack.outputs["ssh_user"] == "admin"
+
+    stack = fresh_stack()
     return after_registration(stack, check)
 
 

@@ -54,7 +54,7 @@ def test_secret_outputs_are_secret():
 def test_output_values():
     outputs = fresh_stack().outputs
     assert outputs["region"] == REGION
-    assert outputs["ssh_user"] == "ubuntu"
+    assert outputs["ssh_user"] == "admin"
 
     def check(values: list) -> None:
         hosts, dsn, destination, url, private_key = values

@@ -49,8 +49,8 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
     ({"instanceType": "x2iedn.xlarge"}, "instanceType", "unknown instance family 'x2iedn'"),
     ({"instanceType": "c4.large"}, "instanceType", "unknown instance family 'c4'"),
     ({"instanceType": "medium"}, "instanceType", "unknown instance family"),
-    ({"os": "centos-7"}, "os", "choose one of ubuntu-24.04, debian-12"),
-    ({"os": "ubuntu-22.04"}, "os", "choose one of ubuntu-24.04, debian-12"),
+    ({"os": "centos-7"}, "os", "choose one of debian-13, ubuntu-24.04, debian-12"),
+    ({"os": "ubuntu-22.04"}, "os", "choose one of debian-13, ubuntu-24.04, debian-12"),
     ({"rootVolumeSize": 8}, "rootVolumeSize", "from 10 to 16384"),
     ({"rootVolumeSize": 20000}, "rootVolumeSize", "from 10 to 16384"),
     ({"rootVolumeSize": "big"}, "rootVolumeSize", "whole number"),
@@ -131,7 +131,7 @@ def test_defaults():
         ssh_allowed_cidrs=(OPERATOR_CIDR,),
         ssh_public_key=None,
         instance_type="t3.medium",
-        os="ubuntu-24.04",
+        os="debian-13",
         root_volume_size=20,
         vpc_cidr="10.0.0.0/16",
         db_instance_class="db.t4g.micro",
@@ -143,7 +143,7 @@ def test_defaults():
         noncurrent_version_expiry_days=30,
         force_destroy_artifacts=False,
     )
-    assert (settings.arch, settings.ssh_user) == ("x86_64", "ubuntu")
+    assert (settings.arch, settings.ssh_user) == ("x86_64", "admin")
 
 
 def test_settings_are_frozen():

@@ -128,7 +128,7 @@ def choose_pg_dump(server_major: int, candidates: dict[int, str]) -> str:
     if newest < server_major:
         raise BackupError(
             f"pg_dump {newest} cannot dump a PostgreSQL {server_major} server: install "
-            f"postgresql-client-{server_major} (the role does when it finds the server newer)"
+            f"postgresql-client-{server_major} (the role stops before this, saying how)"
         )
     return candidates[newest]
 
