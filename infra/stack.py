@@ -2,9 +2,10 @@
 
 The outputs are the contract with the inventory plugin (see /work/contracts.md):
 `hosts`, `ssh_user`, `ssh_private_key` (secret, only when generated), `db_dsn` (secret),
-`artifacts_destination`, `region`, `url`; with several hosts and a self-signed load balancer
-certificate also `ca_certificate` (the PEM clients pin); with several hosts `drain_seconds`
-(how long the load balancer takes to stop or resume sending requests to a host).
+`artifacts_destination`, `region`, `url`, `alarm_topic_arn` (the SNS topic every alarm
+notifies, for subscriptions besides `alarmEmail`); with several hosts and a self-signed load
+balancer certificate also `ca_certificate` (the PEM clients pin); with several hosts
+`drain_seconds` (how long the load balancer takes to stop or resume sending requests to a host).
 
 One host (instances 1): the host takes HTTPS itself and `url` is its Elastic IP's DNS name.
 Several: they go round-robin into the public subnets of both zones behind an Application
@@ -18,6 +19,7 @@ from typing import Any
 
 import pulumi
 
+from infra.alarms import Alarms
 from infra.compute import Server, ServerAccess
 from infra.database import Database
 from infra.loadbalancer import DRAIN_SECONDS, LoadBalancer
@@ -38,6 +40,7 @@ class MlflowStack:
     database: Database
     access: ServerAccess
     servers: list[Server]
+    alarms: Alarms
     load_balancer: LoadBalancer | None = None  # only with several hosts
     outputs: dict[str, Any] = field(default_factory=dict)
 
@@ -50,6 +53,7 @@ class MlflowStack:
             self.database,
             self.access,
             *self.servers,
+            self.alarms,
             *([self.load_balancer] if self.load_balancer else []),
         ]
 
@@ -71,6 +75,7 @@ def build_stack(settings: Settings) -> MlflowStack:
     artifacts = ArtifactStore(
         naming,
         noncurrent_version_expiry_days=settings.noncurrent_version_expiry_days,
+        backup_retention_days=settings.backup_retention_days,
         force_destroy=settings.force_destroy_artifacts,
     )
     database = Database(
@@ -111,7 +116,21 @@ def build_stack(settings: Settings) -> MlflowStack:
             deletion_protection=settings.deletion_protection,
         )
 
-    stack = MlflowStack(network, security, artifacts, database, access, servers, load_balancer)
+    alarms = Alarms(
+        naming,
+        settings=settings,
+        hosts=[(s.host_name, s.instance.id) for s in servers],
+        db_identifier=database.instance.identifier,
+        load_balancer=(
+            (load_balancer.alb.arn_suffix, load_balancer.target_group.arn_suffix)
+            if load_balancer is not None
+            else None
+        ),
+    )
+
+    stack = MlflowStack(
+        network, security, artifacts, database, access, servers, alarms, load_balancer
+    )
     stack.outputs = stack_outputs(settings, stack)
     return stack
 
@@ -126,6 +145,7 @@ def stack_outputs(settings: Settings, stack: MlflowStack) -> dict[str, Any]:
         ),
         "region": settings.region,
         "url": stack.servers[0].elastic_ip.public_dns.apply(lambda dns: f"https://{dns}"),
+        "alarm_topic_arn": stack.alarms.topic.arn,
     }
     if stack.load_balancer is not None:
         outputs["url"] = stack.load_balancer.url
