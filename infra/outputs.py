@@ -41,6 +41,8 @@ OUTPUTS: dict[str, Output] = {
     "drain_seconds": Output("seconds", host_var="mlflow_drain_seconds", default=0),
     # With a self-signed load balancer certificate: the PEM clients pin.
     "ca_certificate": Output("pem"),
+    # The SNS topic every alarm notifies (subscribe more endpoints than alarmEmail to it).
+    "alarm_topic_arn": Output("text"),
     "s3_endpoint_url": Output("text", standin=True, host_var="mlflow_s3_endpoint_url"),
     "s3_access_key_id": Output("text", standin=True, host_var="mlflow_s3_access_key_id"),
     "s3_secret_access_key": Output(

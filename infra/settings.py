@@ -33,10 +33,14 @@ DEFAULTS: dict[str, Any] = {
     "dbEngineVersion": "17",
     "dbAllocatedStorage": 20,
     "dbBackupRetentionDays": 7,
+    "dbMaxAllocatedStorage": 100,
+    "dbMultiAz": False,
     "deletionProtection": False,
     "artifactPrefix": "mlflow-artifacts",
     "noncurrentVersionExpiryDays": 30,
     "forceDestroyArtifacts": False,
+    "backupRetentionDays": 35,
+    "alarmEmail": "",
 }
 # No default: the operator must choose these.
 REQUIRED: tuple[str, ...] = ("aws:region", "sshAllowedCidrs")
@@ -93,6 +97,11 @@ _DB_CLASS = re.compile(r"^db\.(?P<family>[a-z0-9]+)\.(?P<size>micro|small|medium
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+$")
 _CERTIFICATE_ARN = re.compile(
     r"^arn:aws(?:-[a-z]+)*:acm:(?P<region>[a-z0-9-]+):\d{12}:certificate/[0-9a-f-]{36}$"
+)
+# One address, no display name: what SNS's email protocol takes as its endpoint.
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
 )
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 # Key prefix of the database backups in the artifact bucket (ansible role mlflow).
@@ -166,6 +175,10 @@ class StackSettings:
     # Defaults here too, so code that builds StackSettings by hand keeps today's one-host stack.
     instances: int = 1
     certificate_arn: str | None = None  # ACM certificate of the load balancer; None: self-signed
+    db_max_allocated_storage: int = 0  # RDS storage autoscaling ceiling in GiB; 0: off
+    db_multi_az: bool = False
+    backup_retention_days: int = 35  # database dumps under backups/ in the bucket
+    alarm_email: str | None = None  # subscribed to the alarm topic; None: no subscription
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> StackSettings:
@@ -179,6 +192,8 @@ class StackSettings:
         instance_type = parse_instance_type("instanceType", v["instanceType"])
         region = parse_region("aws:region", v.get("aws:region"))
         instances = parse_int("instances", v["instances"], 1, MAX_INSTANCES)
+        # gp3 on RDS: 20 GiB minimum, 64 TiB maximum.
+        db_allocated_storage = parse_int("dbAllocatedStorage", v["dbAllocatedStorage"], 20, 65536)
         return cls(
             region=region,
             ssh_allowed_cidrs=parse_ssh_cidrs("sshAllowedCidrs", v.get("sshAllowedCidrs")),
@@ -191,10 +206,7 @@ class StackSettings:
             db_engine_version=parse_choice(
                 "dbEngineVersion", str(v["dbEngineVersion"]), DB_ENGINE_VERSIONS
             ),
-            # gp3 on RDS: 20 GiB minimum, 64 TiB maximum.
-            db_allocated_storage=parse_int(
-                "dbAllocatedStorage", v["dbAllocatedStorage"], 20, 65536
-            ),
+            db_allocated_storage=db_allocated_storage,
             # RDS automated backups: 1..35 days (0 would disable them).
             db_backup_retention_days=parse_int(
                 "dbBackupRetentionDays", v["dbBackupRetentionDays"], 1, 35
@@ -209,6 +221,15 @@ class StackSettings:
             certificate_arn=parse_certificate_arn(
                 "certificateArn", v["certificateArn"], region=region, instances=instances
             ),
+            db_max_allocated_storage=parse_db_max_allocated_storage(
+                "dbMaxAllocatedStorage", v["dbMaxAllocatedStorage"], allocated=db_allocated_storage
+            ),
+            db_multi_az=parse_bool("dbMultiAz", v["dbMultiAz"]),
+            # S3 lifecycle days; ten years is beyond any sensible dump retention.
+            backup_retention_days=parse_int(
+                "backupRetentionDays", v["backupRetentionDays"], 1, 3650
+            ),
+            alarm_email=parse_email("alarmEmail", v["alarmEmail"]),
         )
 
     @property
@@ -478,6 +499,32 @@ def parse_certificate_arn(key: str, value: Any, *, region: str, instances: int) 
         raise SettingsError(
             f"{key} {text!r} is in region {match['region']}: the load balancer in aws:region "
             f"{region} can only use an ACM certificate of the same region"
+        )
+    return text
+
+
+def parse_db_max_allocated_storage(key: str, value: Any, *, allocated: int) -> int:
+    """RDS storage autoscaling ceiling in GiB, or 0 (off). RDS wants at least 10% headroom."""
+    number = parse_int(key, value, 0, 65536)
+    least = -(-allocated * 11 // 10)  # 110%, rounded up, in integers (no float error)
+    if number and number < least:
+        raise SettingsError(
+            f"{key} {value!r} is not allowed: RDS storage autoscaling needs a ceiling at least "
+            f"10% above dbAllocatedStorage ({allocated} GiB), so {least} to 65536, or 0 to turn "
+            f"autoscaling off"
+        )
+    return number
+
+
+def parse_email(key: str, value: Any) -> str | None:
+    """One e-mail address for the alarm topic's subscription, or None."""
+    text = str(value).strip()
+    if not text:
+        return None
+    if len(text) > 254 or not _EMAIL.match(text):
+        raise SettingsError(
+            f"{key} {text!r} is not allowed: one e-mail address such as ops@example.com "
+            f"(no name, no list), or empty for no e-mail subscription"
         )
     return text
 

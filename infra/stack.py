@@ -12,6 +12,7 @@ from typing import Any
 
 import pulumi
 
+from infra.alarms import Alarms
 from infra.compute import Server, ServerAccess
 from infra.database import Database
 from infra.loadbalancer import DRAIN_SECONDS, LoadBalancer
@@ -33,6 +34,7 @@ class MlflowStack:
     database: Database
     access: ServerAccess
     servers: list[Server]
+    alarms: Alarms
     load_balancer: LoadBalancer | None = None  # only with several hosts
     outputs: dict[str, Any] = field(default_factory=dict)
 
@@ -45,6 +47,7 @@ class MlflowStack:
             self.database,
             self.access,
             *self.servers,
+            self.alarms,
             *([self.load_balancer] if self.load_balancer else []),
         ]
 
@@ -66,6 +69,7 @@ def build_stack(settings: StackSettings) -> MlflowStack:
     artifacts = ArtifactStore(
         naming,
         noncurrent_version_expiry_days=settings.noncurrent_version_expiry_days,
+        backup_retention_days=settings.backup_retention_days,
         force_destroy=settings.force_destroy_artifacts,
     )
     database = Database(
@@ -106,7 +110,21 @@ def build_stack(settings: StackSettings) -> MlflowStack:
             deletion_protection=settings.deletion_protection,
         )
 
-    stack = MlflowStack(network, security, artifacts, database, access, servers, load_balancer)
+    alarms = Alarms(
+        naming,
+        settings=settings,
+        hosts=[(s.host_name, s.instance.id) for s in servers],
+        db_identifier=database.instance.identifier,
+        load_balancer=(
+            (load_balancer.alb.arn_suffix, load_balancer.target_group.arn_suffix)
+            if load_balancer is not None
+            else None
+        ),
+    )
+
+    stack = MlflowStack(
+        network, security, artifacts, database, access, servers, alarms, load_balancer
+    )
     stack.outputs = stack_outputs(settings, stack)
     return stack
 
@@ -122,6 +140,7 @@ def stack_outputs(settings: StackSettings, stack: MlflowStack) -> dict[str, Any]
         ),
         "region": settings.region,
         "url": stack.servers[0].elastic_ip.public_dns.apply(lambda dns: f"https://{dns}"),
+        "alarm_topic_arn": stack.alarms.topic.arn,
     }
     if stack.load_balancer is not None:
         outputs["url"] = stack.load_balancer.url

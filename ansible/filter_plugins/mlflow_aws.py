@@ -29,6 +29,11 @@ LOCAL_HOSTS = ("localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", 
 
 DSN_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres")
 
+# What a user of mlflow_users may do (its `role`): write (the default) uses MLflow; metrics
+# reads /metrics and /metrics/nginx and nothing else, and cannot use MLflow.
+USER_ROLES = ("write", "metrics")
+DEFAULT_USER_ROLE = "write"
+
 
 def mlflow_workers(
     memtotal_mb: Any,
@@ -106,6 +111,27 @@ def nginx_credential_digest(name: Any, password: Any) -> str:
     return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
+def mlflow_users_by_role(users: Any) -> dict[str, list[dict[str, Any]]]:
+    """The users grouped by role (without the role key), every role present; users without
+    a role have the default one.
+
+    The one place that reads a user's role: nginx's password files and maps come from it.
+    """
+    if not isinstance(users, list):
+        raise AnsibleFilterError("mlflow_users_by_role: needs a list of users")
+    grouped: dict[str, list[dict[str, Any]]] = {role: [] for role in USER_ROLES}
+    for user in users:
+        if not isinstance(user, dict) or not isinstance(user.get("name"), str):
+            raise AnsibleFilterError("mlflow_users_by_role: every user needs a name")
+        role = user.get("role") or DEFAULT_USER_ROLE
+        if role not in USER_ROLES:
+            raise AnsibleFilterError(
+                f"user {user['name']}: role {role!r} is not one of {', '.join(USER_ROLES)}"
+            )
+        grouped[role].append({k: v for k, v in user.items() if k != "role"})
+    return grouped
+
+
 def _positive_int(value: Any, name: str) -> int:
     try:
         number = int(value)
@@ -178,4 +204,5 @@ class FilterModule:
             "mlflow_dsn_password": mlflow_dsn_password,
             "systemd_env_quote": systemd_env_quote,
             "nginx_credential_digest": nginx_credential_digest,
+            "mlflow_users_by_role": mlflow_users_by_role,
         }

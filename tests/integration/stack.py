@@ -24,7 +24,10 @@ from standin.playbook import PlaybookRun, run_playbook
 from standin.util import REPO_ROOT
 from tests.integration.figures import figure
 
-USERS = ["team", "alice"]
+# scraper has role metrics: it may read /metrics and nothing else (test_metrics.py).
+USERS = ["team", "alice", "scraper"]
+METRICS_USER = "scraper"
+ROLES = {METRICS_USER: "metrics"}
 STACK = "e2e"
 # The release the mlflow role installs: its default.
 MLFLOW_DEFAULTS = REPO_ROOT / "ansible" / "roles" / "mlflow" / "defaults" / "main.yml"
@@ -102,7 +105,8 @@ def configure_stack(
     """The hosts configured by a cold run, then a second run (which must change nothing)."""
     credentials_dir = work / "credentials"
     users_file = work / "users.json"
-    users_file.write_text(json.dumps({"mlflow_users": [{"name": user} for user in USERS]}))
+    users = [{"name": user, **({"role": ROLES[user]} if user in ROLES else {})} for user in USERS]
+    users_file.write_text(json.dumps({"mlflow_users": users}))
     configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
     configured.outputs_file, configured.extra = outputs_file, extra
     configured.cold = configured.configure().check()

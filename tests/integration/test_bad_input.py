@@ -145,6 +145,11 @@ CASES = [
          extra_vars={"mlflow_users": [{"name": "alice", "password_file": "/nonexistent/pw"}]}),
     Case("users-not-a-list", "users", ["mlflow_users", "list"],
          extra_vars={"mlflow_users": "team"}),
+    Case("users-unknown-role", "users", ["role", "write, metrics", "admin"],
+         extra_vars={"mlflow_users": [{"name": "team"}, {"name": "ops", "role": "admin"}]}),
+    Case("role-prometheus-dir-outside-run", "role", ["mlflow_prometheus_dir must be a directory "
+         "directly under /run", "/var/lib/mlflow/metrics"],
+         extra_vars={"mlflow_prometheus_dir": "/var/lib/mlflow/metrics"}),
 ]  # fmt: skip
 
 

@@ -191,3 +191,32 @@ def test_nginx_credential_digest_is_what_secure_link_computes() -> None:
 def test_nginx_credential_digest_refuses_bad_credentials(name: str, password: object) -> None:
     with pytest.raises(AnsibleFilterError, match="needs a user name"):
         FILTERS["nginx_credential_digest"](name, password)
+
+
+def test_users_by_role_defaults_to_write_and_lists_every_role() -> None:
+    users = [
+        {"name": "team", "password": "a"},
+        {"name": "prom", "password": "b", "role": "metrics"},
+        {"name": "ci", "password": "c", "role": "write"},
+    ]
+    grouped = FILTERS["mlflow_users_by_role"](users)
+    assert set(grouped) == {"write", "metrics"}
+    assert [u["name"] for u in grouped["write"]] == ["team", "ci"]
+    assert grouped["metrics"] == [{"name": "prom", "password": "b"}]
+    assert FILTERS["mlflow_users_by_role"]([]) == {"write": [], "metrics": []}
+
+
+@pytest.mark.parametrize(
+    ("users", "message"),
+    [
+        (
+            [{"name": "prom", "role": "admin"}],
+            "user prom: role 'admin' is not one of write, metrics",
+        ),
+        ([{"role": "metrics"}], "every user needs a name"),
+        ("team", "needs a list of users"),
+    ],
+)
+def test_users_by_role_refuses_unknown_roles(users: Any, message: str) -> None:
+    with pytest.raises(AnsibleFilterError, match=message):
+        FILTERS["mlflow_users_by_role"](users)

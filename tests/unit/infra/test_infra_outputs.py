@@ -18,7 +18,15 @@ from infra_mocks import (
 from infra.database import postgres_dsn
 from infra.outputs import OUTPUTS, REQUIRED
 
-CONTRACT_KEYS = {"hosts", "ssh_user", "db_dsn", "artifacts_destination", "region", "url"}
+CONTRACT_KEYS = {
+    "hosts",
+    "ssh_user",
+    "db_dsn",
+    "artifacts_destination",
+    "region",
+    "url",
+    "alarm_topic_arn",
+}
 OPERATOR_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAblW2M0gfe7BylX6rzxEMly6GaRw8/tq+CIAkv/5C8j op@laptop"
 )

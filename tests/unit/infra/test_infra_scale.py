@@ -41,11 +41,20 @@ ATTACHMENT = "aws:lb/targetGroupAttachment:TargetGroupAttachment"
 ACM_CERT = "aws:acm/certificate:Certificate"
 SELF_SIGNED = "tls:index/selfSignedCert:SelfSignedCert"
 LOAD_BALANCER_TYPES = {ALB, TARGET_GROUP, LISTENER, ATTACHMENT, ACM_CERT, SELF_SIGNED}
-CONTRACT_KEYS = {"hosts", "ssh_user", "db_dsn", "artifacts_destination", "region", "url"}
+CONTRACT_KEYS = {
+    "hosts",
+    "ssh_user",
+    "db_dsn",
+    "artifacts_destination",
+    "region",
+    "url",
+    "alarm_topic_arn",
+}
 CERT_ARN = f"arn:aws:acm:{REGION}:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
-# Every resource type of the one-host stack and how many of each (48 resources): the stack
-# before `instances` existed. Scaling must not add to, or take from, the default deployment.
+# Every resource type of the one-host stack and how many of each (57 resources): the stack
+# before `instances` existed, plus its alarms. Scaling must not add to, or take from, the
+# default deployment.
 ONE_HOST_STACK = {
     "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": 1,
     "aws:ec2/eip:Eip": 1,
@@ -73,6 +82,13 @@ ONE_HOST_STACK = {
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4,
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 4,
     "mlflow-aws:infra:ArtifactStore": 1,
+    # Alarms: topic, its key, alias and policy; two host checks, free storage, CPU credits.
+    "aws:cloudwatch/metricAlarm:MetricAlarm": 4,
+    "aws:kms/alias:Alias": 1,
+    "aws:kms/key:Key": 1,
+    "aws:sns/topic:Topic": 1,
+    "aws:sns/topicPolicy:TopicPolicy": 1,
+    "mlflow-aws:infra:Alarms": 1,
     "mlflow-aws:infra:Database": 1,
     "mlflow-aws:infra:Network": 1,
     "mlflow-aws:infra:SecurityGroups": 1,
