@@ -26,7 +26,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.naming import Naming
-from infra.settings import Settings
+from infra.settings import StackSettings
 
 # Status check metrics arrive every minute, free, with or without detailed monitoring.
 STATUS_CHECK_PERIOD = 60
@@ -163,7 +163,7 @@ def topic_policy(topic_arn: str, account_id: str) -> dict[str, Any]:
 
 
 def host_alarm_specs(
-    host_name: str, instance_id: pulumi.Input[str], settings: Settings
+    host_name: str, instance_id: pulumi.Input[str], settings: StackSettings
 ) -> list[AlarmSpec]:
     recover = (
         (ec2_action_arn(settings.region, "recover"),)
@@ -211,7 +211,9 @@ def host_alarm_specs(
     ]
 
 
-def database_alarm_specs(db_identifier: pulumi.Input[str], settings: Settings) -> list[AlarmSpec]:
+def database_alarm_specs(
+    db_identifier: pulumi.Input[str], settings: StackSettings
+) -> list[AlarmSpec]:
     dimensions = {"DBInstanceIdentifier": db_identifier}
     specs = [
         AlarmSpec(
@@ -297,7 +299,7 @@ class Alarms(pulumi.ComponentResource):
         self,
         naming: Naming,
         *,
-        settings: Settings,
+        settings: StackSettings,
         hosts: Sequence[tuple[str, pulumi.Input[str]]],
         db_identifier: pulumi.Input[str],
         load_balancer: tuple[pulumi.Input[str], pulumi.Input[str]] | None,
