@@ -20,7 +20,7 @@ ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
 # USER is set by every login shell; only a USER given on the make command line picks a user.
 ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
 
-.PHONY: help infra preview destroy outputs configure rotate backup backups restore gc credentials demo demo-down \
+.PHONY: help infra preview destroy outputs configure rotate rotate-db backup backups restore gc credentials demo demo-down \
 	lint test test-unit test-integration molecule bench example clean
 
 help: ## List the targets
@@ -68,6 +68,9 @@ configure: $(BIN)/.deploy-installed ## Configure the stack's hosts: MLflow behin
 rotate: $(BIN)/.deploy-installed ## New passwords for all users (or USER=name), applied without downtime
 	@$(BIN)/python -m inventory_plugin.credentials --forget $(if $(ROTATE_USER),--user $(ROTATE_USER),--all-users)
 	$(ANSIBLE_PLAYBOOK) site.yml
+
+rotate-db: $(BIN)/.deploy-installed ## New database password for MLflow, on every host, without downtime
+	$(ANSIBLE_PLAYBOOK) rotate_db.yml
 
 backup: $(BIN)/.deploy-installed ## Back the database up now (the daily backup's unit), print its S3 key
 	$(ANSIBLE_PLAYBOOK) backup.yml

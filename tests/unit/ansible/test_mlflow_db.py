@@ -263,22 +263,22 @@ def bucket(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
     with mock_aws():
         s3 = backup.s3_client()
-        s3.create_bucket(Bucket="b")
+        s3.create_bucket(Bucket="bkt")
         for key in ("backups/20261201T020000Z-h1.pgdump", "backups/20261130T020000Z-h1.pgdump",
                     "backups/20261202T020000Z-h1.pgdump", "backups/notes.txt",
                     "mlflow-artifacts/1/r/artifacts/x.pgdump"):  # fmt: skip
-            s3.put_object(Bucket="b", Key=key, Body=b"PGDMP")
+            s3.put_object(Bucket="bkt", Key=key, Body=b"PGDMP")
         yield s3
 
 
 def test_backups_are_listed_oldest_first(bucket: Any) -> None:
-    found = backup.list_backups(bucket, backup.S3Location("b", "backups"))
+    found = backup.list_backups(bucket, backup.S3Location("bkt", "backups"))
     assert [item["key"] for item in found] == [
         "backups/20261130T020000Z-h1.pgdump",
         "backups/20261201T020000Z-h1.pgdump",
         "backups/20261202T020000Z-h1.pgdump",
     ]
-    assert found[0]["url"] == "s3://b/backups/20261130T020000Z-h1.pgdump"
+    assert found[0]["url"] == "s3://bkt/backups/20261130T020000Z-h1.pgdump"
     assert found[0]["bytes"] == 5
     assert found[0]["date"].endswith(" UTC")
 
@@ -289,37 +289,39 @@ def test_backups_are_listed_oldest_first(bucket: Any) -> None:
         "latest",
         "20261202T020000Z-h1.pgdump",
         "backups/20261202T020000Z-h1.pgdump",
-        "s3://b/backups/20261202T020000Z-h1.pgdump",
+        "s3://bkt/backups/20261202T020000Z-h1.pgdump",
     ],
 )
 def test_a_backup_is_found_by_key_name_url_or_latest(bucket: Any, wanted: str) -> None:
-    found = backup.resolve_backup(bucket, backup.S3Location("b", "backups"), wanted)
+    found = backup.resolve_backup(bucket, backup.S3Location("bkt", "backups"), wanted)
     assert found["key"] == "backups/20261202T020000Z-h1.pgdump"
 
 
 @pytest.mark.parametrize(
     ("wanted", "message"),
     [
-        ("backups/nope.pgdump", r"backup 'backups/nope.pgdump' not found in s3://b/backups/ "
+        ("backups/nope.pgdump", r"backup 'backups/nope.pgdump' not found in s3://bkt/backups/ "
                                 r"\(3 backups there\): `make backups` lists them"),
         ("mlflow-artifacts/1/r/artifacts/x.pgdump", "not found"),  # only dumps under backups/
-        ("s3://other/backups/x.pgdump", "is not in this stack's bucket s3://b"),
+        ("s3://other/backups/x.pgdump", "is not in this stack's bucket s3://bkt"),
     ],
 )  # fmt: skip
 def test_an_unknown_backup_is_refused_with_how_to_list_them(
     bucket: Any, wanted: str, message: str
 ) -> None:
     with pytest.raises(backup.BackupError, match=message):
-        backup.resolve_backup(bucket, backup.S3Location("b", "backups"), wanted)
+        backup.resolve_backup(bucket, backup.S3Location("bkt", "backups"), wanted)
 
 
 def test_latest_of_no_backup_says_how_to_take_one(bucket: Any) -> None:
-    with pytest.raises(backup.BackupError, match=r"no backup in s3://b/empty/ yet: .*make backup"):
-        backup.resolve_backup(bucket, backup.S3Location("b", "empty"), "latest")
+    with pytest.raises(
+        backup.BackupError, match=r"no backup in s3://bkt/empty/ yet: .*make backup"
+    ):
+        backup.resolve_backup(bucket, backup.S3Location("bkt", "empty"), "latest")
 
 
 def test_resolve_signs_a_download_url(bucket: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["backups", "--destination", "s3://b/backups", "--resolve", "latest", "--presign"]
+    args = ["backups", "--destination", "s3://bkt/backups", "--resolve", "latest", "--presign"]
     assert backup.main(args) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["key"] == "backups/20261202T020000Z-h1.pgdump"

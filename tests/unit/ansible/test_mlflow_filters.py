@@ -191,3 +191,15 @@ def test_nginx_credential_digest_is_what_secure_link_computes() -> None:
 def test_nginx_credential_digest_refuses_bad_credentials(name: str, password: object) -> None:
     with pytest.raises(AnsibleFilterError, match="needs a user name"):
         FILTERS["nginx_credential_digest"](name, password)
+
+
+def test_dsn_with_login_replaces_user_and_password() -> None:
+    dsn = "postgresql://master:secret@db.internal:5432/mlflow"
+    login = {"user": "mlflow_a", "password": "p@ss/word"}
+    assert (
+        FILTERS["mlflow_dsn_with_login"](dsn, login)
+        == "postgresql://mlflow_a:p%40ss%2Fword@db.internal:5432/mlflow"
+    )
+    assert FILTERS["mlflow_dsn_with_login"](dsn, {}) == dsn
+    with pytest.raises(AnsibleFilterError, match="needs a user and a password"):
+        FILTERS["mlflow_dsn_with_login"](dsn, {"user": "mlflow_a"})

@@ -22,6 +22,8 @@ only the standard library plus psycopg2 and boto3 from MLflow's virtualenv.
         {"revision": "1b5f0d9ad7c1", "known": true, "head": "1b5f0d9ad7c1", ...}
     python mlflow_db.py restore --file FILE
         replaces every object the database user owns with the dump's, in ONE transaction
+    python mlflow_db.py login --prepare mlflow_b | --retire mlflow_a   (JSON secrets on stdin)
+        `make rotate-db`: the login roles MLflow uses, managed with the master user
 
 `dump` streams `pg_dump --format=custom` (compressed) straight into S3; a failed pg_dump aborts
 the upload, so a backup object that exists is a complete dump. `restore` feeds
@@ -52,6 +54,10 @@ PG_DUMP_GLOB = PG_BIN_GLOB.format(tool="pg_dump")
 # A signed download URL lives this long (seconds): the restore fetches it at once.
 PRESIGN_SECONDS = 3600
 BACKUP_SUFFIX = ".pgdump"
+# `make rotate-db`: MLflow logs in as one of two login roles, members of an owner role that owns
+# MLflow's objects (each login's sessions act as the owner: ALTER ROLE ... SET role).
+OWNER_ROLE = "mlflow_owner"
+LOGIN_ROLES = ("mlflow_a", "mlflow_b")
 # MLflow's schema exists once `mlflow db upgrade` ran at least once.
 SCHEMA_TABLE = "alembic_version"
 REVISION_LINE = re.compile(r"""^revision\s*=\s*["']([0-9a-z_]+)["']""", re.MULTILINE)
@@ -463,6 +469,85 @@ def restore(database: Database, path: str, server_major: int) -> dict[str, Any]:
     return {"restored": path, "seconds": round(time.monotonic() - started, 1)}
 
 
+# ---------------------------------------------------------------- login roles (make rotate-db)
+
+
+def master_connection(database: Database, user: str, password: str) -> Any:
+    import psycopg2
+
+    try:
+        return psycopg2.connect(
+            host=database.host,
+            port=database.port,
+            user=user,
+            password=password,
+            dbname=database.name,
+            connect_timeout=10,
+        )
+    except psycopg2.OperationalError as error:
+        first_line = (str(error).strip().splitlines() or ["no answer"])[0]
+        raise BackupError(
+            f"cannot connect to the database {database.host}:{database.port} as the stack's "
+            f"master user {user}: {first_line}"
+        ) from None
+
+
+def prepare_login(database: Database, master: dict[str, str], role: str) -> dict[str, Any]:
+    """Give `role` the new password, make it a member acting as the owner role (created, and
+    given the master user's objects, the first time); refuse while a host still uses `role`."""
+    from psycopg2 import sql
+
+    if role not in LOGIN_ROLES:
+        raise BackupError(f"the login role must be one of {', '.join(LOGIN_ROLES)}, not {role!r}")
+    owner, login, master_role = map(sql.Identifier, (OWNER_ROLE, role, master["master_user"]))
+    connection = master_connection(database, master["master_user"], master["master_password"])
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,))
+            sessions = cursor.fetchone()[0]
+            if sessions:
+                raise BackupError(
+                    f"{role} still has {sessions} database sessions: a host still uses it (did "
+                    "an earlier make rotate-db stop half way? `make configure` finishes it); "
+                    "nothing was changed"
+                )
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (OWNER_ROLE,))
+            if not cursor.fetchone():
+                cursor.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(owner))
+            cursor.execute(sql.SQL("GRANT {} TO {}").format(owner, master_role))
+            # MLflow's tables, created by the master user before the first rotation.
+            cursor.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(master_role, owner))
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            verb = "ALTER" if cursor.fetchone() else "CREATE"
+            cursor.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(login), (master["password"],)
+            )
+            cursor.execute(sql.SQL("GRANT {} TO {}").format(owner, login))
+            cursor.execute(
+                sql.SQL("ALTER ROLE {} SET role = {}").format(login, sql.Literal(OWNER_ROLE))
+            )
+    finally:
+        connection.close()
+    return {"login": role, "owner": OWNER_ROLE}
+
+
+def retire_login(database: Database, master: dict[str, str], role: str) -> dict[str, Any]:
+    """The previous login can no longer log in (sessions still open end on their own)."""
+    from psycopg2 import sql
+
+    if role not in LOGIN_ROLES:
+        raise BackupError(f"the login role must be one of {', '.join(LOGIN_ROLES)}, not {role!r}")
+    connection = master_connection(database, master["master_user"], master["master_password"])
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(
+                sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(role))
+            )
+    finally:
+        connection.close()
+    return {"retired": role}
+
+
 def s3_client() -> Any:
     import boto3  # from MLflow's virtualenv
 
@@ -490,6 +575,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     fetch_parser.add_argument("--output", required=True)
     for name, text in (("inspect", "the schema revision of a dump"), ("restore", "restore a dump")):
         commands.add_parser(name, help=text).add_argument("--file", required=True)
+    login_parser = commands.add_parser(
+        "login", help="make rotate-db: master credentials and the new password as JSON on stdin"
+    )
+    action = login_parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--prepare", metavar="ROLE", help="give ROLE the new password")
+    action.add_argument("--retire", metavar="ROLE", help="ROLE can no longer log in")
     return parser.parse_args(argv)
 
 
@@ -537,6 +628,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "backups":
             result = run_s3_command(args)
+        elif args.command == "login":
+            database = Database.from_url(os.environ.get("MLFLOW_BACKEND_STORE_URI", ""))
+            secrets = json.loads(sys.stdin.readline())
+            result = (
+                prepare_login(database, secrets, args.prepare)
+                if args.prepare
+                else retire_login(database, secrets, args.retire)
+            )
         elif args.command == "fetch":
             result = {
                 "file": args.output,
