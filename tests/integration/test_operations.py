@@ -7,6 +7,7 @@ pulumi_stack inventory plugin, against the bed's saved stack outputs.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -14,12 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 
 from standin import Host
-from standin.playbook import REPO, playbook_env
+from standin.playbook import ANSIBLE_DIR, REPO, VENV_BIN, playbook_env
 from standin.testbed import ARTIFACTS_PREFIX
+from tests.integration.balancer import DRAIN_SECONDS, Balancer
 from tests.integration.figures import figure
+from tests.integration.hammer import Hammer
 from tests.integration.stack import STACK, Stack, wait_serving
 
 pytestmark = pytest.mark.integration
@@ -360,3 +364,135 @@ def test_restore_database_unreachable(stack: Stack, latest_backup: str, all_serv
             )
     finally:
         stack.bed.postgres.start()
+
+
+# ----- database password rotation -------------------------------------------------------------
+
+API = "/api/2.0/mlflow/experiments/search?max_results=1"  # answered from the database
+
+
+def rotate_db(stack: Stack, outputs_file: Path) -> subprocess.CompletedProcess[str]:
+    """`make rotate-db` with the test stack's users (its site.yml run keeps both users)."""
+    env = playbook_env(outputs_file, stack.credentials_dir, STACK)
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "rotate_db.yml", "-e", f"@{stack.users_file}"],
+        cwd=ANSIBLE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+
+
+class TimedFailures(list):
+    """A Hammer's failure list that also notes when each failure happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def append(self, item: str) -> None:
+        self.times.append(time.monotonic())
+        super().append(item)
+
+
+def timed(hammer: Hammer) -> Hammer:
+    hammer.failures = TimedFailures()
+    return hammer
+
+
+def gap_seconds(hammer: Hammer) -> float:
+    """From the first failed request to the last one."""
+    times = getattr(hammer.failures, "times", [])
+    return times[-1] - times[0] if times else 0.0
+
+
+def host_logins(stack: Stack) -> set[str]:
+    """Database users of the sessions the hosts hold now."""
+    rows = stack.bed.query(
+        "SELECT DISTINCT usename FROM pg_stat_activity WHERE client_addr <<= %s::inet",
+        (stack.bed.slot.subnet,),
+    )
+    return {row[0] for row in rows}
+
+
+def can_login(stack: Stack, role: str) -> bool:
+    return stack.bed.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)) == [
+        (True,)
+    ]
+
+
+def test_rotate_db_drops_no_request_behind_a_balancer(
+    stack: Stack, tmp_path: Path, all_serving: None
+) -> None:
+    bed = stack.bed
+    login_dir = stack.stack_dir / "db"
+    balancer = Balancer(bed.hosts, bed.slot.gateway, tmp_path / "balancer").start()
+    behind = {**bed.outputs(), "url": balancer.url, "drain_seconds": DRAIN_SECONDS}
+    behind["ca_certificate"] = balancer.certificate.read_text()
+    outputs_file = tmp_path / "outputs.json"
+    outputs_file.touch(mode=0o600)
+    outputs_file.write_text(json.dumps(behind))
+    try:
+        # 1: from the master user to mlflow_a, every request through the balancer.
+        started = time.monotonic()
+        with Hammer(
+            balancer.url + API, ("team", stack.password("team")), balancer.certificate
+        ) as hammer:
+            first = rotate_db(stack, outputs_file)
+        seconds = time.monotonic() - started
+        assert first.returncode == 0, flat(first)[-3000:]
+        figure(
+            f"make rotate-db (master user -> mlflow_a), 2 hosts behind the balancer: "
+            f"{seconds:.0f} s, {hammer.ok} requests, {len(hammer.failures)} failed"
+        )
+        assert hammer.failures == []
+        assert hammer.ok > 20
+        assert (login_dir / "login").read_text().strip() == "mlflow_a"
+        password = (login_dir / "mlflow_a.password").read_text().strip()
+        assert len(password) == 40
+        assert (login_dir / "mlflow_a.password").stat().st_mode & 0o777 == 0o600
+        assert password not in first.stdout + first.stderr
+        assert host_logins(stack) == {"mlflow_a"}
+        for host in bed.hosts:
+            assert "mlflow_a@" in host.read_file("/etc/mlflow/mlflow.env")
+
+        # 2: mlflow_a -> mlflow_b without a balancer: each host's own gap, as a one-host stack
+        # has it (drain_seconds 0), measured on the first host directly.
+        first_host = bed.hosts[0]
+        started = time.monotonic()
+        with timed(
+            Hammer(
+                stack.url(first_host, API), ("team", stack.password("team")), stack.cert(first_host)
+            )
+        ) as direct:
+            second = rotate_db(stack, bed.outputs_file)
+        seconds = time.monotonic() - started
+        assert second.returncode == 0, flat(second)[-3000:]
+        gap = gap_seconds(direct)
+        figure(
+            f"make rotate-db (mlflow_a -> mlflow_b), one host seen directly (no balancer): "
+            f"{seconds:.0f} s, {direct.ok} requests ok, {len(direct.failures)} failed "
+            f"(during its restart, about {gap:.1f} s)"
+        )
+        assert host_logins(stack) == {"mlflow_b"}
+        assert not can_login(stack, "mlflow_a")
+        assert can_login(stack, "mlflow_b")
+        assert not (login_dir / "mlflow_a.password").exists()
+        assert (login_dir / "login").read_text().strip() == "mlflow_b"
+        # The old password is refused by the database.
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(
+                host="127.0.0.1", port=bed.postgres.port, user="mlflow_a", password=password,
+                dbname="mlflow", connect_timeout=5,
+            ).close()  # fmt: skip
+        # MLflow's tables belong to the owner role; the logins own nothing.
+        owners = bed.query("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
+        assert owners == [("mlflow_owner",)]
+    finally:
+        balancer.stop()
+        # Back on the master user and the bed's own outputs, as the other tests expect.
+        for path in login_dir.glob("*"):
+            path.unlink()
+        stack.configure(echo=False).check()
