@@ -422,6 +422,22 @@ def inspect(path: str, server_major: int) -> dict[str, Any]:
     }
 
 
+def owners_of_mlflow(database: Database) -> list[str]:
+    """CURRENT_USER, and the owner role of make rotate-db when this user may act as it."""
+    connection = connect(database)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT 1 FROM pg_roles"
+                " WHERE rolname = %s AND pg_has_role(current_user, oid, 'MEMBER')",
+                (OWNER_ROLE,),
+            )
+            member = bool(cursor.fetchone())
+    finally:
+        connection.close()
+    return ["CURRENT_USER", OWNER_ROLE] if member else ["CURRENT_USER"]
+
+
 def restore(database: Database, path: str, server_major: int) -> dict[str, Any]:
     """Replace what the database user owns by the dump, atomically (psql -1)."""
     pg_restore = pg_tool("pg_restore", server_major)
@@ -444,9 +460,9 @@ def restore(database: Database, path: str, server_major: int) -> dict[str, Any]:
             f"--port={database.port}",
             f"--username={database.user}",
             f"--dbname={database.name}",
-            # MLflow's objects are the user's: the dump's replace them all, and nothing of a
-            # newer schema than the dump's is left behind.
-            "--command=DROP OWNED BY CURRENT_USER",
+            # MLflow's objects are the user's (or the owner role's, see make rotate-db): the
+            # dump's replace them all, and nothing of a newer schema is left behind.
+            f"--command=DROP OWNED BY {', '.join(owners_of_mlflow(database))}",
             "--file=-",
         ],
         stdin=script.stdout,
