@@ -21,8 +21,8 @@ ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
 # USER is set by every login shell; only a USER given on the make command line picks a user.
 ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
 
-.PHONY: help infra preview destroy outputs configure rotate credentials demo demo-down \
-	lint docs test test-unit test-integration molecule bench example clean
+.PHONY: help infra preview destroy outputs configure rotate rotate-db backup backups restore gc \
+	credentials demo demo-down lint docs test test-unit test-integration molecule bench example clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,6 +69,22 @@ configure: $(BIN)/.deploy-installed ## Configure the stack's hosts: MLflow behin
 rotate: $(BIN)/.deploy-installed ## New passwords for all users (or USER=name), applied without downtime
 	@$(BIN)/python -m inventory_plugin.credentials --forget $(if $(ROTATE_USER),--user $(ROTATE_USER),--all-users)
 	$(ANSIBLE_PLAYBOOK) site.yml
+
+rotate-db: $(BIN)/.deploy-installed ## New database password for MLflow, on every host, without downtime
+	$(ANSIBLE_PLAYBOOK) rotate_db.yml
+
+backup: $(BIN)/.deploy-installed ## Back the database up now (the daily backup's unit), print its S3 key
+	$(ANSIBLE_PLAYBOOK) backup.yml
+
+backups: $(BIN)/.deploy-installed ## List the database backups in the bucket (oldest first)
+	$(ANSIBLE_PLAYBOOK) backups.yml
+
+# BACKUP and CONFIRM go to Ansible as JSON strings: no quoting surprises from the shell.
+restore: $(BIN)/.deploy-installed ## Restore the database: BACKUP=<key>|latest CONFIRM=yes (stops MLflow meanwhile)
+	$(ANSIBLE_PLAYBOOK) restore.yml -e '$(subst ','"'"',{"mlflow_restore_backup": "$(subst ",,$(BACKUP))", "mlflow_restore_confirm": "$(subst ",,$(CONFIRM))"})'
+
+gc: $(BIN)/.deploy-installed ## Purge runs/experiments deleted over mlflow_gc_older_than ago, artifacts included
+	$(ANSIBLE_PLAYBOOK) gc.yml
 
 credentials: $(BIN)/.deploy-installed ## Print the export lines a client needs (USER=name for another user)
 	@$(BIN)/python -m inventory_plugin.credentials $(if $(ROTATE_USER),--user $(ROTATE_USER),)

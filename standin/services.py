@@ -46,10 +46,11 @@ full_page_writes = off
 
 def pg_hba(slot: Slot) -> str:
     return f"""\
-# mlflow-aws test harness: the superuser only over the socket, mlflow by password.
+# mlflow-aws test harness: the superuser only over the socket, the others by password
+# (mlflow, the master user as on RDS, and the login roles `make rotate-db` creates).
 local all postgres peer
-host {PG_DB} {PG_USER} 127.0.0.1/32 scram-sha-256
-host {PG_DB} {PG_USER} {slot.subnet} scram-sha-256
+host {PG_DB} all 127.0.0.1/32 scram-sha-256
+host {PG_DB} all {slot.subnet} scram-sha-256
 """
 
 
@@ -183,7 +184,8 @@ class Postgres:
         self.start()
         # The password goes through stdin, never a command line (process listings).
         self.admin_sql(
-            f"CREATE ROLE {PG_USER} LOGIN PASSWORD '{self.password}';\n"
+            # Like RDS's master user: not a superuser, but may create roles and databases.
+            f"CREATE ROLE {PG_USER} LOGIN CREATEROLE CREATEDB PASSWORD '{self.password}';\n"
             f"CREATE DATABASE {PG_DB} OWNER {PG_USER};\n"
         )
 

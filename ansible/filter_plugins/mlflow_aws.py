@@ -83,6 +83,19 @@ def mlflow_dsn_password(dsn: Any) -> str:
     return unquote(_split_dsn(dsn).password or "")
 
 
+def mlflow_dsn_with_login(dsn: Any, login: Any) -> str:
+    """The DSN with another user and password ({'user', 'password'}; `make rotate-db`'s login
+    role); the DSN unchanged when login is empty (the stack's master user)."""
+    parts = _split_dsn(dsn)
+    if not login:
+        return str(dsn)
+    if not isinstance(login, dict) or not login.get("user") or not login.get("password"):
+        raise AnsibleFilterError("mlflow_dsn_with_login: the login needs a user and a password")
+    user, password = (quote(str(login[key]), safe="") for key in ("user", "password"))
+    netloc = f"{user}:{password}@{_hostport(parts)}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
 def systemd_env_quote(value: Any) -> str:
     """Quote a value for a systemd EnvironmentFile (double quotes, backslash escapes)."""
     text = str(value)
@@ -202,6 +215,7 @@ class FilterModule:
             "mlflow_cors_origins": mlflow_cors_origins,
             "mlflow_dsn_without_password": mlflow_dsn_without_password,
             "mlflow_dsn_password": mlflow_dsn_password,
+            "mlflow_dsn_with_login": mlflow_dsn_with_login,
             "systemd_env_quote": systemd_env_quote,
             "nginx_credential_digest": nginx_credential_digest,
             "mlflow_users_by_role": mlflow_users_by_role,

@@ -220,3 +220,15 @@ def test_users_by_role_defaults_to_write_and_lists_every_role() -> None:
 def test_users_by_role_refuses_unknown_roles(users: Any, message: str) -> None:
     with pytest.raises(AnsibleFilterError, match=message):
         FILTERS["mlflow_users_by_role"](users)
+
+
+def test_dsn_with_login_replaces_user_and_password() -> None:
+    dsn = "postgresql://master:secret@db.internal:5432/mlflow"
+    login = {"user": "mlflow_a", "password": "p@ss/word"}
+    assert (
+        FILTERS["mlflow_dsn_with_login"](dsn, login)
+        == "postgresql://mlflow_a:p%40ss%2Fword@db.internal:5432/mlflow"
+    )
+    assert FILTERS["mlflow_dsn_with_login"](dsn, {}) == dsn
+    with pytest.raises(AnsibleFilterError, match="needs a user and a password"):
+        FILTERS["mlflow_dsn_with_login"](dsn, {"user": "mlflow_a"})
