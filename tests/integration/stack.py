@@ -16,7 +16,9 @@ from standin import Host, Testbed
 from standin.playbook import PlaybookRun, run_playbook
 from tests.integration.figures import figure
 
-USERS = ["team", "alice"]
+USERS = ["team", "alice", "viewer"]
+# Roles other than the default (write): viewer may only read (test_read_only.py).
+ROLES = {"viewer": "read"}
 STACK = "e2e"
 
 
@@ -75,7 +77,8 @@ def configure_stack(
     """The hosts configured by a cold run, then a second run (which must change nothing)."""
     credentials_dir = work / "credentials"
     users_file = work / "users.json"
-    users_file.write_text(json.dumps({"mlflow_users": [{"name": user} for user in USERS]}))
+    users = [{"name": user, **({"role": ROLES[user]} if user in ROLES else {})} for user in USERS]
+    users_file.write_text(json.dumps({"mlflow_users": users}))
     configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
     configured.outputs_file, configured.extra = outputs_file, extra
     configured.bed_started_at = testbed.state().get("started_at")
