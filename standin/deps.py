@@ -23,6 +23,7 @@ REQUIRED_COMMANDS = (
     "runuser",
     "haproxy",  # the stand-in load balancer of the scale tests
     "openssl",
+    "chromium",  # the UI tests' headless browser (tests/integration/browser.py)
 )
 
 
