@@ -9,6 +9,7 @@ is trusted by its public key hash (--ignore-certificate-errors-spki-list), nothi
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -65,10 +66,10 @@ class Browser:
 
         flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                  f"--ignore-certificate-errors-spki-list={spki_hash(trusted_cert)}"]  # fmt: skip
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argv
+        self.process = subprocess.Popen(
             [binary, *flags, "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=False, preexec_fn=onto_3_and_4,  # noqa: PLW1509 - dup2 only
+            close_fds=False, preexec_fn=onto_3_and_4,
         )  # fmt: skip
         os.close(to_browser_r)
         os.close(from_browser_w)
@@ -179,10 +180,8 @@ class Browser:
         return path
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(BrowserError):
             self.call("Browser.close", timeout=10)
-        except BrowserError:
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
