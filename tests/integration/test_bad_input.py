@@ -117,9 +117,14 @@ CASES = [
     # Role variables: checked before the roles change anything.
     Case("role-mlflow-version-not-a-release", "role", ["mlflow_version must be a release number",
          "'latest'"], extra_vars={"mlflow_version": "latest"}),
+    # Without a read-only user: with one, the check below stops the run before pip is asked.
     Case("role-unknown-mlflow-version", "role", ["MLflow 9.9.9 could not be installed",
          "No matching distribution found for mlflow==9.9.9", "Nothing was switched"],
-         extra_vars={"mlflow_version": "9.9.9"}),
+         extra_vars={"mlflow_version": "9.9.9", "mlflow_users": [{"name": "team"},
+                                                                 {"name": "alice"}]}),
+    Case("role-read-routes-of-another-release", "role", ["mlflow_version is 3.17.1",
+         "files/mlflow_routes.json) were derived from MLflow 3.17.2", "make read-routes"],
+         extra_vars={"mlflow_version": "3.17.1"}),
     Case("role-port-not-a-number", "role", ["mlflow_port", "int"],
          extra_vars={"mlflow_port": "http"}),
     Case("role-unknown-hash-scheme", "role", ["nginx_basic_auth_hash_scheme", "sha512_crypt",
@@ -145,6 +150,12 @@ CASES = [
          extra_vars={"mlflow_users": [{"name": "alice", "password_file": "/nonexistent/pw"}]}),
     Case("users-not-a-list", "users", ["mlflow_users", "list"],
          extra_vars={"mlflow_users": "team"}),
+    Case("users-unknown-role", "users", ["value of role must be one of: write, read, got: admin",
+         "found in mlflow_users"],
+         extra_vars={"mlflow_users": [{"name": "team"}, {"name": "alice", "role": "admin"}]}),
+    Case("users-role-on-an-entry-not-a-mapping", "users", ["Each entry of mlflow_users must be "
+         "a mapping such as {name: alice, role: read}", '"alice role=read"'],
+         extra_vars={"mlflow_users": [{"name": "team"}, "alice role=read"]}),
 ]  # fmt: skip
 
 
