@@ -25,6 +25,7 @@ import requests
 
 from standin import Host
 from standin.util import REPO_ROOT
+from tests.integration.browser import Browser
 from tests.integration.figures import figure
 from tests.integration.stack import STACK, Stack
 
@@ -323,3 +324,50 @@ def test_a_reader_keeps_the_role_and_the_fast_path_after_a_rotation(stack: Stack
     finally:
         host.write_file(htpasswd, saved, mode="0640")
         host.run(["chgrp", "www-data", htpasswd])
+
+
+# ----- the UI, in headless Chromium ---------------------------------------------------------
+
+ARTIFACTS = REPO_ROOT / ".cache" / "artifacts" / "read-only"
+# What MLflow's UI shows when a request fails (notifications and alerts), read from the page.
+ALERTS = "[...document.querySelectorAll('[role=alert], .ant-notification-notice, .ant-message-notice')].map(e => e.innerText).join(' | ')"  # noqa: E501
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """Chromium as the reader on the first host (the Authorization header set over DevTools)."""
+    started = time.monotonic()
+    chromium = Browser(tmp_path_factory.mktemp("chromium"), stack.cert(stack.bed.hosts[0]))
+    chromium.basic_auth(READER, stack.password(READER))
+    figure(f"chromium started in {time.monotonic() - started:.1f} s")
+    yield chromium
+    chromium.close()
+
+
+def settle(browser: Browser, seconds: float = 3) -> list[tuple[int, str, str]]:
+    """The page's requests once it stopped making new ones; the failed ones."""
+    browser.pump(seconds)
+    return [r for r in browser.responses if r[0] >= 400]
+
+
+def test_ui_shows_a_reader_the_experiments_and_a_run(
+    stack: Stack, logged: Logged, browser: Browser
+) -> None:
+    base = stack.url(stack.bed.hosts[0])
+    browser.open(base + "#/experiments")
+    browser.wait_for_text(logged.experiment_name)
+    failed = settle(browser)
+    browser.screenshot(ARTIFACTS / "experiments.png")
+    assert failed == []
+    assert browser.evaluate(ALERTS) == ""
+    requests_made = len(browser.responses)
+
+    browser.open(base + f"#/experiments/{logged.experiment_id}/runs/{logged.run_id}")
+    text = browser.wait_for_text("seen-by-the-reader", "depth", "loss")
+    failed = settle(browser)
+    browser.screenshot(ARTIFACTS / "run.png")
+    assert failed == []
+    assert browser.evaluate(ALERTS) == ""
+    assert "read-only" not in text
+    figure(f"UI as a reader: experiment list {requests_made} requests, run page "
+           f"{len(browser.responses)}, none refused; screenshots in {ARTIFACTS}")  # fmt: skip
