@@ -253,12 +253,19 @@ def snapshot(stack: Stack) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def table(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Checked]:
-    """Every case in turn, with the hosts and the credentials folder compared around each."""
+def table(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> dict[str, Checked]:
+    """Every selected case in turn (all, unless -k picks some), with the hosts and the
+    credentials folder compared around each."""
     work = tmp_path_factory.mktemp("bad-input")
-    pulumi = run_pulumi_cases([c for c in CASES if c.layer == "pulumi"])
+    selected = {item.callspec.params["case"].id for item in request.session.items
+                if hasattr(item, "callspec") and "case" in item.callspec.params}  # fmt: skip
+    cases = [case for case in CASES if case.id in selected]
+    pulumi_cases = [c for c in cases if c.layer == "pulumi"]
+    pulumi = run_pulumi_cases(pulumi_cases) if pulumi_cases else {}
     checked = {}
-    for case in CASES:
+    for case in cases:
         before = snapshot(stack)
         outcome = pulumi[case.id] if case.layer == "pulumi" else None
         outcome = outcome or run_playbook_case(stack, case, work / case.id)
