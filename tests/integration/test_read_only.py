@@ -371,3 +371,45 @@ def test_ui_shows_a_reader_the_experiments_and_a_run(
     assert "read-only" not in text
     figure(f"UI as a reader: experiment list {requests_made} requests, run page "
            f"{len(browser.responses)}, none refused; screenshots in {ARTIFACTS}")  # fmt: skip
+
+
+def click(browser: Browser, selector: str, timeout: float = 30) -> None:
+    """Click the element once it is on the page, as a user would (a real mouse click)."""
+    deadline = time.monotonic() + timeout
+    find = f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null; e.scrollIntoView(); const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()"  # noqa: E501
+    while (point := browser.evaluate(find)) is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{selector} never appeared; the page shows: {browser.text()[:800]}"
+            )
+        browser.pump(0.5)
+    for kind in ("mousePressed", "mouseReleased"):
+        browser.call("Input.dispatchMouseEvent", {"type": kind, "x": point[0], "y": point[1],
+                     "button": "left", "clickCount": 1}, session=True)  # fmt: skip
+    browser.pump(0.5)
+
+
+def test_ui_refuses_a_readers_rename_with_mlflows_error(
+    stack: Stack, logged: Logged, browser: Browser
+) -> None:
+    base = stack.url(stack.bed.hosts[0])
+    browser.open(base + f"#/experiments/{logged.experiment_id}/runs/{logged.run_id}")
+    browser.wait_for_text("seen-by-the-reader")
+    settle(browser, 2)
+    before = database_and_bucket(stack)
+    click(browser, "[data-testid=overflow-menu-trigger]")
+    click(browser, "[data-testid=overflow-rename-button]")
+    click(browser, "[data-testid=rename-modal-input]")
+    browser.evaluate("document.querySelector('[data-testid=rename-modal-input]').select()")
+    browser.call("Input.insertText", {"text": "renamed-by-a-reader"}, session=True)
+    click(browser, ".ant-modal-footer button.ant-btn-primary, [role=dialog] button[type=submit]")
+    text = browser.wait_for_text("read-only", timeout=30)
+    browser.screenshot(ARTIFACTS / "rename-refused.png")
+    refused = [r for r in browser.responses if r[0] == 403]
+    assert [(method, url.split("/ajax-api/")[-1]) for _, method, url in refused] == [
+        ("POST", "2.0/mlflow/runs/update")
+    ]
+    assert f"user {READER} is read-only" in text
+    assert database_and_bucket(stack) == before
+    name = stack.bed.query("SELECT name FROM runs WHERE run_uuid = %s", (logged.run_id,))
+    assert name == [("seen-by-the-reader",)]
