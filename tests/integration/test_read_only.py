@@ -187,7 +187,7 @@ def raw_request(stack: Stack, host: Host, user: str, method: str, target: str) -
     connection = http.client.HTTPSConnection(host.ip, 443, context=context, timeout=30)
     credentials = f"{user}:{stack.password(user)}".encode()
     headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
-    body = "{}" if method in ("POST", "PUT", "PATCH") else None
+    body = '{"max_results": 1}' if method in ("POST", "PUT", "PATCH") else None
     if body:
         headers["Content-Type"] = "application/json"
     connection.request(method, target, body=body, headers=headers)
