@@ -22,7 +22,8 @@ ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
 ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
 
 .PHONY: help infra preview destroy outputs configure rotate rotate-db backup backups restore gc \
-	credentials demo demo-down lint docs test test-unit test-integration molecule bench example clean
+	credentials demo demo-down lint docs test test-unit test-integration molecule bench example clean \
+	read-routes
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -107,6 +108,25 @@ demo: $(BIN)/.dev-installed ## Local demo (Linux, root): a test host with the wh
 demo-down: $(BIN)/.dev-installed ## Remove everything `make demo` created
 	@$(BIN)/python -m standin.demo down
 
+# --- read-only users ------------------------------------------------------------------------------
+# The requests users with role `read` may make come from the pinned MLflow release's own route
+# table: after changing mlflow_version, this installs that release aside and rewrites the table.
+ROUTES_VENV := .cache/mlflow-routes-venv
+ROUTES_SCRIPT := ansible/roles/nginx_basic_auth/files/mlflow_routes.py
+MLFLOW_PINNED = $(shell sed -n 's/^mlflow_version: *"\(.*\)"/\1/p' ansible/roles/mlflow/defaults/main.yml)
+
+# The pinned release in a virtualenv of its own (full mlflow: numpy, pandas...; the deploy venv
+# needs none of that). The unit tests read its route table too.
+$(ROUTES_VENV)/.installed: ansible/roles/mlflow/defaults/main.yml
+	@test -x $(ROUTES_VENV)/bin/python || $(PYTHON) -m venv $(ROUTES_VENV)
+	@echo ">> installing mlflow==$(MLFLOW_PINNED) into $(ROUTES_VENV) (its route table)"
+	@$(ROUTES_VENV)/bin/pip install --quiet --disable-pip-version-check "mlflow==$(MLFLOW_PINNED)"
+	@touch $@
+
+read-routes: $(ROUTES_VENV)/.installed ## Rewrite the read-only users' route table from the pinned MLflow (after an upgrade)
+	$(ROUTES_VENV)/bin/python $(ROUTES_SCRIPT)
+	@git --no-pager diff --stat -- ansible/roles/nginx_basic_auth/files/mlflow_routes.json
+
 # --- quality -------------------------------------------------------------------------------------
 lint: $(BIN)/.dev-installed ## ruff, yamllint and ansible-lint (production profile)
 	$(BIN)/ruff check .
@@ -118,7 +138,7 @@ docs: $(BIN)/.deploy-installed ## Regenerate the README tables: settings (Pulumi
 	$(BIN)/python -m infra.config_table --write
 	PYTHONPATH=$(CURDIR) $(BIN)/python ansible/role_tables.py --write
 
-test-unit: $(BIN)/.dev-installed ## Unit tests only (no root, about a minute)
+test-unit: $(BIN)/.dev-installed $(ROUTES_VENV)/.installed ## Unit tests only (no root, about a minute)
 	$(BIN)/pytest tests/unit -q
 
 test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (Linux, root; MLFLOW_AWS_TESTBED_SLOT=N)

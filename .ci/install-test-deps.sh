@@ -16,6 +16,7 @@ PACKAGES=(
   ca-certificates    # CA bundle copied into each host
   haproxy            # stands in for the AWS load balancer in front of several hosts
   openssl            # the stand-in load balancer's self-signed certificate
+  chromium           # headless browser of the read-only UI tests (driven over DevTools)
 )
 
 if [[ $(id -u) -ne 0 ]]; then

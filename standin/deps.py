@@ -24,6 +24,7 @@ REQUIRED_COMMANDS = (
     "haproxy",  # the stand-in load balancer of the scale tests
     "openssl",
     "chroot",  # the PostgreSQL 17 stand-in runs from a Debian 13 tree (services.py)
+    "chromium",  # the UI tests' headless browser (tests/integration/browser.py)
 )
 
 

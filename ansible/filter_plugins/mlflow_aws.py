@@ -11,9 +11,11 @@ import hashlib
 import ipaddress
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
+import yaml
 from ansible.errors import AnsibleFilterError
 
 # Measured on MLflow 3.17.2 with job execution off (bench/RESULTS.md), peak RSS under load:
@@ -29,10 +31,24 @@ LOCAL_HOSTS = ("localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", 
 
 DSN_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres")
 
-# What a user of mlflow_users may do (its `role`): write (the default) uses MLflow; metrics
-# reads /metrics and /metrics/nginx and nothing else, and cannot use MLflow.
-USER_ROLES = ("write", "metrics")
-DEFAULT_USER_ROLE = "write"
+# What a user of mlflow_users may do (its `role`): write (the default) uses MLflow, read only
+# reads it, metrics reads /metrics and /metrics/nginx and nothing else. The one list is the
+# nginx_basic_auth role's argument spec (which enforces the roles); read here, not repeated.
+USER_ROLES_SPEC = (
+    Path(__file__).resolve().parent.parent / "roles/nginx_basic_auth/meta/argument_specs.yml"
+)
+
+
+def _user_role_spec() -> dict[str, Any]:
+    spec = yaml.safe_load(USER_ROLES_SPEC.read_text(encoding="utf-8"))
+    role: dict[str, Any] = spec["argument_specs"]["main"]["options"]["nginx_basic_auth_users"][
+        "options"
+    ]["role"]
+    return role
+
+
+USER_ROLES: tuple[str, ...] = tuple(_user_role_spec()["choices"])
+DEFAULT_USER_ROLE: str = _user_role_spec()["default"]
 
 
 def mlflow_workers(

@@ -24,10 +24,12 @@ from standin.playbook import PlaybookRun, run_playbook
 from standin.util import REPO_ROOT
 from tests.integration.figures import figure
 
-# scraper has role metrics: it may read /metrics and nothing else (test_metrics.py).
-USERS = ["team", "alice", "scraper"]
+USERS = ["team", "alice", "scraper", "viewer"]
+# Roles other than the default (write): scraper may read /metrics and nothing else
+# (test_metrics.py), viewer may only read (test_read_only.py).
 METRICS_USER = "scraper"
-ROLES = {METRICS_USER: "metrics"}
+READ_USER = "viewer"
+ROLES = {METRICS_USER: "metrics", READ_USER: "read"}
 STACK = "e2e"
 # The release the mlflow role installs: its default.
 MLFLOW_DEFAULTS = REPO_ROOT / "ansible" / "roles" / "mlflow" / "defaults" / "main.yml"

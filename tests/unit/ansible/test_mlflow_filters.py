@@ -198,12 +198,14 @@ def test_users_by_role_defaults_to_write_and_lists_every_role() -> None:
         {"name": "team", "password": "a"},
         {"name": "prom", "password": "b", "role": "metrics"},
         {"name": "ci", "password": "c", "role": "write"},
+        {"name": "viewer", "password": "d", "role": "read"},
     ]
     grouped = FILTERS["mlflow_users_by_role"](users)
-    assert set(grouped) == {"write", "metrics"}
+    assert set(grouped) == {"write", "read", "metrics"}
     assert [u["name"] for u in grouped["write"]] == ["team", "ci"]
+    assert grouped["read"] == [{"name": "viewer", "password": "d"}]
     assert grouped["metrics"] == [{"name": "prom", "password": "b"}]
-    assert FILTERS["mlflow_users_by_role"]([]) == {"write": [], "metrics": []}
+    assert FILTERS["mlflow_users_by_role"]([]) == {"write": [], "read": [], "metrics": []}
 
 
 @pytest.mark.parametrize(
@@ -211,7 +213,7 @@ def test_users_by_role_defaults_to_write_and_lists_every_role() -> None:
     [
         (
             [{"name": "prom", "role": "admin"}],
-            "user prom: role 'admin' is not one of write, metrics",
+            "user prom: role 'admin' is not one of write, read, metrics",
         ),
         ([{"role": "metrics"}], "every user needs a name"),
         ("team", "needs a list of users"),
