@@ -17,6 +17,10 @@ PACKAGES=(
   ca-certificates    # CA bundle copied into each host
   haproxy            # stands in for the AWS load balancer in front of several hosts
   openssl            # the stand-in load balancer's self-signed certificate
+  pebble             # ACME test server (and pebble-challtestsrv, its DNS stub) for the TLS tests
+  chromium           # headless browser: the UI loads with no certificate error
+  libnss3-tools      # certutil: trust pebble's root in Chromium's NSS database
+  fonts-dejavu-core  # text in Chromium's screenshot
 )
 
 if [[ $(id -u) -ne 0 ]]; then

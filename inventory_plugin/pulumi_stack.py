@@ -148,6 +148,8 @@ class StackOutputs:
     drain_seconds: int = 0
     # The load balancer's self-signed certificate (PEM) for clients to pin; None otherwise.
     ca_certificate: str | None = None
+    # The hosts' TLS settings (output `tls`: mode, domain, acme_*); the playbook checks values.
+    tls: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- loading the outputs
@@ -333,8 +335,31 @@ def validate_outputs(data: object, source: OutputsSource) -> StackOutputs:
         },
         drain_seconds=drain_seconds(data.get("drain_seconds", 0), source),
         ca_certificate=pem_certificate(data.get("ca_certificate"), source),
+        tls=tls_settings(data.get("tls"), source),
         **strings,
     )
+
+
+TLS_KEYS = ("mode", "domain", "acme_directory_url", "acme_email", "acme_profile")
+
+
+def tls_settings(value: object, source: OutputsSource) -> dict[str, str]:
+    """Output `tls` (optional): strings only; their values are checked by the playbook."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise content_error(source, f"output 'tls' must be an object, got {type_name(value)}")
+    unknown = sorted(str(key) for key in value if key not in TLS_KEYS)
+    if unknown:
+        raise content_error(
+            source,
+            f"output 'tls' has unknown key(s) {', '.join(unknown)}; known: {', '.join(TLS_KEYS)}",
+        )
+    return {
+        key: text
+        for key in TLS_KEYS
+        if (text := optional_string(value.get(key), f"output 'tls.{key}'", source)) is not None
+    }
 
 
 def pem_certificate(value: object, source: OutputsSource) -> str | None:
@@ -497,6 +522,10 @@ def build_host_vars(
         # Only the stack's key: an agent holding many keys would otherwise exhaust MaxAuthTries.
         host_vars["ansible_ssh_common_args"] = f"{ssh_args} -o IdentitiesOnly=yes"
     host_vars.update({f"mlflow_{name}": value for name, value in outputs.s3.items()})
+    # mode -> mlflow_tls_mode; domain -> mlflow_domain; acme_* -> mlflow_acme_*.
+    host_vars.update(
+        {f"mlflow_{'tls_mode' if name == 'mode' else name}": v for name, v in outputs.tls.items()}
+    )
     return host_vars
 
 

@@ -23,6 +23,10 @@ REQUIRED_COMMANDS = (
     "runuser",
     "haproxy",  # the stand-in load balancer of the scale tests
     "openssl",
+    "pebble",  # the ACME test server of the TLS tests
+    "pebble-challtestsrv",  # its DNS stub (test domain names)
+    "chromium",  # the browser check of the TLS tests
+    "certutil",  # libnss3-tools: trusts pebble's root in Chromium's NSS database
 )
 
 

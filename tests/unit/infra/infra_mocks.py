@@ -42,6 +42,8 @@ GENERATED_PUBLIC_KEY = (
 )
 AMI_ID = "ami-0123456789abcdef0"
 ALB_DNS = f"mlflow-aws-test-alb-123456789.{REGION}.elb.amazonaws.com"
+ALB_ZONE_ID = "Z32O12XQLNTSW2"
+VALIDATION_TOKEN = "a79865eb4cd1a6ab990a45779b4e0b96"
 SELF_SIGNED_PEM = "-----BEGIN CERTIFICATE-----\nMOCK-LB\n-----END CERTIFICATE-----\n"
 _HOST = re.compile(r"^mlflow-test-(\d+)")
 
@@ -121,11 +123,27 @@ def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         host = host_addresses(_host_index(name))
         return {"publicIp": host["public_ip"], "publicDns": host["public_dns"]}
     if typ == "aws:lb/loadBalancer:LoadBalancer":
-        return {"dnsName": ALB_DNS, "arn": f"arn:aws:elasticloadbalancing:{REGION}:1:lb/{name}"}
+        return {
+            "dnsName": ALB_DNS,
+            "zoneId": ALB_ZONE_ID,
+            "arn": f"arn:aws:elasticloadbalancing:{REGION}:1:lb/{name}",
+        }
     if typ in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):
         return {"arn": f"arn:aws:elasticloadbalancing:{REGION}:1:{name}"}
     if typ == "aws:acm/certificate:Certificate":
-        return {"arn": f"arn:aws:acm:{REGION}:1:certificate/{name}"}
+        computed: dict[str, Any] = {"arn": f"arn:aws:acm:{REGION}:1:certificate/{name}"}
+        if inputs.get("validationMethod") == "DNS":
+            computed["domainValidationOptions"] = [{
+                "domainName": inputs["domainName"],
+                "resourceRecordName": f"_{VALIDATION_TOKEN}.{inputs['domainName']}.",
+                "resourceRecordType": "CNAME",
+                "resourceRecordValue": f"_{VALIDATION_TOKEN}.acm-validations.aws.",
+            }]  # fmt: skip
+        return computed
+    if typ == "aws:acm/certificateValidation:CertificateValidation":
+        return {"certificateArn": inputs["certificateArn"]}
+    if typ == "aws:route53/record:Record":
+        return {"fqdn": str(inputs["name"]).rstrip(".")}
     if typ == "tls:index/selfSignedCert:SelfSignedCert":
         return {"certPem": SELF_SIGNED_PEM}
     if typ == "aws:rds/instance:Instance":

@@ -39,6 +39,7 @@ def test_program_runs_from_pulumi_config_and_exports_the_contract(stack_config, 
         "artifacts_destination",
         "region",
         "url",
+        "tls",
     }
     assert exported["region"] == "eu-west-1"
     instance = [r for r in MOCKS.resources if r.type == "aws:ec2/instance:Instance"]

@@ -103,6 +103,12 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
     ({"noncurrentVersionExpiryDays": 0}, "noncurrentVersionExpiryDays", "from 1 to 3650"),
     ({"forceDestroyArtifacts": "maybe"}, "forceDestroyArtifacts", "true or false"),
     ({"sshAllowedCidr": [OPERATOR_CIDR]}, "sshAllowedCidr", "unknown setting"),
+    ({"tlsMode": "letsencrypt"}, "tlsMode", "choose one of acme, self-signed, files"),
+    ({"domain": "mlflow..example.com"}, "domain", "a lowercase DNS name"),
+    ({"hostedZoneId": "Z123"}, "hostedZoneId", "needs domain"),
+    ({"acmeDirectoryUrl": "http://acme.test/dir"}, "acmeDirectoryUrl", "an https:// URL"),
+    ({"acmeEmail": "ops at example"}, "acmeEmail", "not an e-mail address"),
+    ({"acmeProfile": "Short"}, "acmeProfile", "not a profile name"),
 ]
 
 
