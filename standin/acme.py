@@ -104,7 +104,7 @@ class Pebble:
         if self.pid("challtestsrv") is None:
             self._spawn("challtestsrv", [
                 "pebble-challtestsrv", "-dns01", f"{self.gateway}:{self.dns_port}",
-                "-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
+                "-http01", "", "-https01", "", "-tlsalpn01", "",
                 "-management", f"{self.gateway}:{self.dns_management_port}",
                 "-defaultIPv4", "", "-defaultIPv6", "",
             ], {})  # fmt: skip

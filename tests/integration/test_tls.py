@@ -173,6 +173,11 @@ def test_next_run_installs_a_trusted_certificate_for_the_ip(acme: Acme) -> None:
         assert response.ok
         # The pinned copy is gone: a client would otherwise keep pinning an old certificate.
         assert not acme.stack.cert(host).exists()
+        # Port 80 still redirects everything but the challenge location to HTTPS.
+        plain = requests.get(f"http://{host.ip}/x?y=1", allow_redirects=False, timeout=10)
+        assert (plain.status_code, plain.headers["Location"]) == (301, f"https://{host.ip}/x?y=1")
+        challenge = f"http://{host.ip}/.well-known/acme-challenge/none"
+        assert requests.get(challenge, allow_redirects=False, timeout=10).status_code == 404
     figure(f"acme: first certificate for the IP of 2 hosts in a converge of {run.seconds:.0f} s")
 
     rerun = acme.stack.configure(echo=False).check()
