@@ -242,7 +242,7 @@ def chromium(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [shutil.which("chromium") or "chromium", *CHROMIUM_FLAGS,
          f"--user-data-dir={home / 'profile'}", *args],
         env={"HOME": str(home), "PATH": os.environ["PATH"]},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
