@@ -16,7 +16,10 @@ PACKAGES=(
   ca-certificates    # CA bundle copied into each host
   haproxy            # stands in for the AWS load balancer in front of several hosts
   openssl            # the stand-in load balancer's self-signed certificate
-  chromium           # headless browser of the read-only UI tests (driven over DevTools)
+  pebble             # ACME test server (and pebble-challtestsrv, its DNS stub) for the TLS tests
+  chromium           # headless browser: the read-only UI tests (driven over DevTools) and the TLS tests' certificate check
+  libnss3-tools      # certutil: trust pebble's root in Chromium's NSS database
+  fonts-dejavu-core  # text in Chromium's screenshot
 )
 
 if [[ $(id -u) -ne 0 ]]; then

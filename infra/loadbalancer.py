@@ -81,7 +81,7 @@ class LoadBalancer(pulumi.ComponentResource):
         subnet_ids: Sequence[pulumi.Input[str]],
         security_group_id: pulumi.Input[str],
         instance_ids: Sequence[pulumi.Input[str]],
-        certificate_arn: str | None,
+        certificate_arn: pulumi.Input[str] | None,
         deletion_protection: bool,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:

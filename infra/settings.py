@@ -14,7 +14,7 @@ import json
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PROJECT = "mlflow-aws"
@@ -41,6 +41,12 @@ DEFAULTS: dict[str, Any] = {
     "forceDestroyArtifacts": False,
     "backupRetentionDays": 35,
     "alarmEmail": "",
+    "tlsMode": "acme",
+    "domain": "",
+    "hostedZoneId": "",
+    "acmeDirectoryUrl": "https://acme-v02.api.letsencrypt.org/directory",
+    "acmeEmail": "",
+    "acmeProfile": "shortlived",
 }
 # No default: the operator must choose these.
 REQUIRED: tuple[str, ...] = ("aws:region", "sshAllowedCidrs")
@@ -103,6 +109,14 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
     r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
 )
+TLS_MODES = ("acme", "self-signed", "files")
+# Lowercase DNS name, at least two labels, the last one not numeric (an IP is not a domain).
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+_HOSTED_ZONE_ID = re.compile(r"^Z[A-Z0-9]{1,31}$")
+_HTTPS_URL = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]+)?(/\S*)?$")
+_PROFILE = re.compile(r"^[a-z0-9-]*$")
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 # Key prefix of the database backups in the artifact bucket (ansible role mlflow).
 BACKUP_PREFIX = "backups"
@@ -154,6 +168,18 @@ class InstanceSpec:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Where the HTTPS certificate comes from (hosts: tlsMode; load balancer: domain)."""
+
+    mode: str = "acme"
+    domain: str | None = None
+    hosted_zone_id: str | None = None
+    acme_directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_email: str = ""
+    acme_profile: str = "shortlived"
+
+
+@dataclass(frozen=True)
 class StackSettings:
     """Validated settings of one stack."""
 
@@ -179,6 +205,7 @@ class StackSettings:
     db_multi_az: bool = False
     backup_retention_days: int = 35  # database dumps under backups/ in the bucket
     alarm_email: str | None = None  # subscribed to the alarm topic; None: no subscription
+    tls: TlsSettings = field(default_factory=lambda: TlsSettings())
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> StackSettings:
@@ -230,6 +257,7 @@ class StackSettings:
                 "backupRetentionDays", v["backupRetentionDays"], 1, 3650
             ),
             alarm_email=parse_email("alarmEmail", v["alarmEmail"]),
+            tls=parse_tls(v, instances=instances),
         )
 
     @property
@@ -527,6 +555,52 @@ def parse_email(key: str, value: Any) -> str | None:
             f"(no name, no list), or empty for no e-mail subscription"
         )
     return text
+
+
+def parse_tls(values: Mapping[str, Any], *, instances: int) -> TlsSettings:
+    """tlsMode, domain, hostedZoneId and the ACME settings, checked together."""
+    mode = parse_choice("tlsMode", values["tlsMode"], TLS_MODES)
+    domain = str(values["domain"]).strip()
+    if domain and not _DOMAIN.match(domain):
+        raise SettingsError(
+            f"domain {domain!r} is not allowed: a lowercase DNS name such as mlflow.example.com "
+            f"(dot-separated labels of letters, digits and '-'), or empty for the host's IP"
+        )
+    zone = str(values["hostedZoneId"]).strip()
+    if zone and not _HOSTED_ZONE_ID.match(zone):
+        raise SettingsError(
+            f"hostedZoneId {zone!r} is not a Route 53 hosted zone ID such as Z0123456789ABCDEFGHIJ"
+        )
+    if zone and not domain:
+        raise SettingsError("hostedZoneId needs domain: the record it creates is for the domain")
+    if domain and instances > 1:
+        if not zone:
+            raise SettingsError(
+                "domain with instances 2 or more needs hostedZoneId: the load balancer's ACM "
+                "certificate is validated through DNS records in that Route 53 zone (or leave "
+                "domain empty and give certificateArn)"
+            )
+        if str(values["certificateArn"]).strip():
+            raise SettingsError(
+                "domain and certificateArn are alternatives for the load balancer's "
+                "certificate: set one of them"
+            )
+    url = str(values["acmeDirectoryUrl"]).strip()
+    if not _HTTPS_URL.match(url):
+        raise SettingsError(
+            f"acmeDirectoryUrl {url!r} is not allowed: an https:// URL of an ACME directory, e.g. "
+            f"https://acme-v02.api.letsencrypt.org/directory (Let's Encrypt) or "
+            f"https://acme-staging-v02.api.letsencrypt.org/directory (its staging)"
+        )
+    email = str(values["acmeEmail"]).strip()
+    if email and not _EMAIL.match(email):
+        raise SettingsError(f"acmeEmail {email!r} is not an e-mail address (or leave it empty)")
+    profile = str(values["acmeProfile"]).strip()
+    if not _PROFILE.match(profile):
+        raise SettingsError(
+            f"acmeProfile {profile!r} is not a profile name such as shortlived or classic"
+        )
+    return TlsSettings(mode, domain or None, zone or None, url, email, profile)
 
 
 def parse_artifact_prefix(key: str, value: Any) -> str:

@@ -151,6 +151,7 @@ class StackOutputs:
     ssh_private_key = property(lambda self: self.values["ssh_private_key"])
     drain_seconds = property(lambda self: self.values["drain_seconds"])
     ca_certificate = property(lambda self: self.values["ca_certificate"])
+    tls = property(lambda self: self.values["tls"] or {})
 
     @property
     def s3(self) -> dict[str, str]:
@@ -341,6 +342,26 @@ def text_output(value: object, name: str, source: OutputsSource) -> str | None:
     return optional_string(value, f"output '{name}'", source) or None
 
 
+def settings_output(value: object, name: str, source: OutputsSource) -> dict[str, str]:
+    """An object of strings with known keys (those of its host_var mapping); values are
+    checked where they are used (the playbook)."""
+    if not isinstance(value, Mapping):
+        raise content_error(source, f"output '{name}' must be an object, got {type_name(value)}")
+    host_var = OUTPUTS[name].host_var
+    known = tuple(host_var) if isinstance(host_var, Mapping) else ()
+    unknown = sorted(str(key) for key in value if key not in known)
+    if unknown:
+        raise content_error(
+            source,
+            f"output '{name}' has unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}",
+        )
+    return {
+        key: text
+        for key in known
+        if (text := optional_string(value.get(key), f"output '{name}.{key}'", source)) is not None
+    }
+
+
 def pem_certificate(value: object, name: str, source: OutputsSource) -> str:
     text = optional_string(value, f"output '{name}'", source)
     if text is None or "-----BEGIN CERTIFICATE-----" not in text:
@@ -423,6 +444,7 @@ VALIDATORS = {
     "text": text_output,
     "pem": pem_certificate,
     "seconds": seconds,
+    "settings": settings_output,
 }
 
 
@@ -498,13 +520,14 @@ def build_host_vars(
         "mlflow_public_ip": host.public_ip,
         "mlflow_private_ip": host.private_ip,
     }
-    host_vars.update(
-        {
-            output.host_var: outputs.values[name]
-            for name, output in OUTPUTS.items()
-            if output.host_var and outputs.values[name] is not None
-        }
-    )
+    for name, output in OUTPUTS.items():
+        value = outputs.values[name]
+        if value is None or not output.host_var:
+            continue
+        if isinstance(output.host_var, str):
+            host_vars[output.host_var] = value
+        else:  # settings: each key its own variable (tls: mode -> mlflow_tls_mode, ...)
+            host_vars.update({output.host_var[key]: text for key, text in value.items()})
     if key_file is not None:
         host_vars["ansible_ssh_private_key_file"] = str(key_file)
         # Only the stack's key: an agent holding many keys would otherwise exhaust MaxAuthTries.

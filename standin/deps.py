@@ -24,7 +24,10 @@ REQUIRED_COMMANDS = (
     "haproxy",  # the stand-in load balancer of the scale tests
     "openssl",
     "chroot",  # the PostgreSQL 17 stand-in runs from a Debian 13 tree (services.py)
-    "chromium",  # the UI tests' headless browser (tests/integration/browser.py)
+    "chromium",  # the UI tests' headless browser (tests/integration/browser.py), the TLS tests'
+    "pebble",  # the ACME test server of the TLS tests
+    "pebble-challtestsrv",  # its DNS stub (test domain names)
+    "certutil",  # libnss3-tools: trusts pebble's root in Chromium's NSS database
 )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from infra.outputs import check_names
 
 from . import cgroups, deps, hosts, network
+from .acme import Pebble
 from .hosts import Host
 from .rootfs import CACHE_ROOT, DEFAULT_DEBIAN, SUITES, BaseImage
 from .services import S3_BUCKET, S3_KEY, S3_REGION, MotoS3, Postgres, SqlParams
@@ -68,6 +69,8 @@ class Testbed:
         self.credentials_dir = self.state_dir / "credentials"
         self.postgres = Postgres(self.state_dir, self.slot)
         self.s3 = MotoS3(self.state_dir, self.slot)
+        # Started by the TLS tests only (the shared stack's hosts pin self-signed certificates).
+        self.pebble = Pebble(self.state_dir, self.slot)
         self._refuse_other_slot()
         self.hosts: list[Host] = self._hosts_from_state()
 
@@ -166,6 +169,7 @@ class Testbed:
                 "run `python -m standin down` first"
             )
         say(f"already up in {self.state_dir}: reusing {host_count} hosts")
+        self.write_outputs()  # in this version's shape
         return True
 
     def _bring_up(self, host_count: int) -> None:
@@ -261,6 +265,9 @@ class Testbed:
                 "s3_endpoint_url": self.s3.endpoint_url,
                 "s3_access_key_id": S3_KEY,
                 "s3_secret_access_key": S3_KEY,
+                # The shared stack pins self-signed certificates; the TLS tests switch to acme
+                # against their own ACME server (pebble) on the bed's gateway.
+                "tls": {"mode": "self-signed"},
             }
         )
 
@@ -328,9 +335,10 @@ class Testbed:
         hosts.unmount_all_under(self.state_dir)
         hosts.unmount_stray_overlays(CACHE_ROOT, self.slot)  # e.g. the state dir was deleted
         self.s3.stop()
+        self.pebble.stop()
         self._release_network(state.get("ip_forward_before"))
         cgroups.remove_group(self.slot.cgroup_group)
-        for path in (self.state_dir / "hosts", self.postgres.dir, self.s3.dir):
+        for path in (self.state_dir / "hosts", self.postgres.dir, self.s3.dir, self.pebble.dir):
             _remove(path)
         for path in (self.credentials_dir, self.state_file, self.outputs_file):
             _remove(path)
@@ -373,6 +381,7 @@ class Testbed:
             found.append("postgres running")
         if self.s3.pid() is not None:
             found.append("moto running")
+        found += [f"{name} running" for name in ("pebble", "challtestsrv") if self.pebble.pid(name)]
         return found
 
 

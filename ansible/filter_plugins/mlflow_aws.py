@@ -221,6 +221,36 @@ def _hostport(parts: SplitResult) -> str:
     return f"{host}:{parts.port}" if parts.port else str(host)
 
 
+# certbot's lines that never say what went wrong.
+_CERTBOT_BOILERPLATE = (
+    "Saving debug log",
+    "Ask for help",
+    "See the logfile",
+    "Hint:",
+    "Some challenges have failed",
+    "An unexpected error occurred",
+    "Requesting a certificate",
+    "Account registered",
+    "Certbot failed to authenticate",  # the Identifier/Type/Detail lines that follow say why
+)
+CERTBOT_REASON_CHARS = 300
+
+
+def certbot_failure(result: Any, timeout: Any = None) -> str:
+    """One line: why a `certbot certonly` run (an Ansible command result) got no certificate."""
+    if not isinstance(result, dict):
+        raise AnsibleFilterError("certbot_failure: expects the registered result of the command")
+    if result.get("rc") == 124:  # timeout(1)
+        return f"the ACME server gave no certificate within {timeout} s"
+    text = f"{result.get('stderr', '')}\n{result.get('stdout', '')}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_CERTBOT_BOILERPLATE)]
+    reason = "; ".join(useful) or result.get("msg") or f"certbot exited {result.get('rc')}"
+    if len(reason) > CERTBOT_REASON_CHARS:
+        reason = reason[: CERTBOT_REASON_CHARS - 3] + "..."
+    return reason
+
+
 class FilterModule:
     """mlflow-aws derived values."""
 
@@ -235,4 +265,5 @@ class FilterModule:
             "systemd_env_quote": systemd_env_quote,
             "nginx_credential_digest": nginx_credential_digest,
             "mlflow_users_by_role": mlflow_users_by_role,
+            "certbot_failure": certbot_failure,
         }

@@ -97,6 +97,12 @@ CASES = [
          pulumi_config={"mlflow-aws:instances": "11"}),
     Case("pulumi-typo-in-a-setting", "pulumi", ["unknown setting instanceTyp", "instanceType"],
          pulumi_config={"mlflow-aws:instanceTyp": "t3.large"}),
+    Case("pulumi-unknown-tls-mode", "pulumi", ["tlsMode 'letsencrypt' is not allowed",
+         "acme, self-signed, files"], pulumi_config={"mlflow-aws:tlsMode": "letsencrypt"}),
+    Case("pulumi-malformed-domain", "pulumi", ["domain 'mlflow..example.com' is not allowed",
+         "lowercase DNS name"], pulumi_config={"mlflow-aws:domain": "mlflow..example.com"}),
+    Case("pulumi-acme-directory-not-https", "pulumi", ["acmeDirectoryUrl 'http://acme.test/dir'",
+         "https:// URL"], pulumi_config={"mlflow-aws:acmeDirectoryUrl": "http://acme.test/dir"}),
     # The inventory plugin's outputs file and configuration.
     Case("outputs-malformed-json", "inventory", ["not valid JSON", "line 1 column 2"],
          outputs_text="{hosts: [}"),
@@ -108,6 +114,17 @@ CASES = [
          "postgresql://"], outputs=set_dsn("mysql://mlflow:pw@db:3306/mlflow")),
     Case("outputs-drain-seconds-not-a-number", "inventory", ["output 'drain_seconds' must be an "
          "integer from 0 to 600"], outputs=lambda o: o.update(drain_seconds="25")),
+    Case("outputs-tls-mode-unknown", "inventory", ["nginx_basic_auth_tls_mode (stack setting "
+         "tlsMode) must be acme, self-signed or files", "'letsencrypt'"],
+         outputs=lambda o: o.update(tls={"mode": "letsencrypt"})),
+    Case("outputs-tls-domain-malformed", "inventory", ["nginx_basic_auth_acme_domain (stack "
+         "setting domain) must be a lowercase DNS name", "'mlflow..example.com'"],
+         outputs=lambda o: o.update(tls={"mode": "acme", "domain": "mlflow..example.com"})),
+    Case("outputs-tls-directory-not-https", "inventory", ["nginx_basic_auth_acme_directory_url "
+         "(stack setting acmeDirectoryUrl) must be an https:// URL", "'http://acme.test/dir'"],
+         outputs=lambda o: o.update(tls={"mode": "acme", "acme_directory_url": "http://acme.test/dir"})),
+    Case("outputs-tls-unknown-key", "inventory", ["output 'tls' has unknown key(s) mod"],
+         outputs=lambda o: o.update(tls={"mod": "acme"})),
     Case("outputs-file-missing", "inventory", ["does not exist", "pulumi stack output --json"],
          env={"MLFLOW_AWS_OUTPUTS_FILE": "/nonexistent/outputs.json"}),
     Case("inventory-bad-stack-name", "inventory", ["invalid stack name '../prod'"],
@@ -129,6 +146,12 @@ CASES = [
          extra_vars={"mlflow_port": "http"}),
     Case("role-unknown-hash-scheme", "role", ["nginx_basic_auth_hash_scheme", "sha512_crypt",
          "md5"], extra_vars={"nginx_basic_auth_hash_scheme": "md5"}),
+    Case("role-unknown-tls-mode", "role", ["nginx_basic_auth_tls_mode", "acme, self-signed, files",
+         "letsencrypt"], extra_vars={"nginx_basic_auth_tls_mode": "letsencrypt"}),
+    Case("role-own-certificate-without-files-mode", "role", ["nginx_basic_auth_tls_certificate_src",
+         "used only in tls mode files"], extra_vars={
+             "nginx_basic_auth_tls_certificate_src": "/etc/hostname",
+             "nginx_basic_auth_tls_private_key_src": "/etc/hostname"}),
     Case("role-ssh-settings-not-a-dict", "role", ["ssh_hardening_settings", "dict"],
          extra_vars={"ssh_hardening_settings": "PasswordAuthentication no"}),
     Case("role-rolling-batch-not-a-size", "role", ["mlflow_rolling_batch must be a number of hosts",

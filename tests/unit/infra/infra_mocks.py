@@ -45,6 +45,8 @@ GENERATED_PUBLIC_KEY = (
 AMI_ID = "ami-0123456789abcdef0"
 ACCOUNT_ID = "123456789012"
 ALB_DNS = f"mlflow-aws-test-alb-123456789.{REGION}.elb.amazonaws.com"
+ALB_ZONE_ID = "Z32O12XQLNTSW2"
+VALIDATION_TOKEN = "a79865eb4cd1a6ab990a45779b4e0b96"
 SELF_SIGNED_PEM = "-----BEGIN CERTIFICATE-----\nMOCK-LB\n-----END CERTIFICATE-----\n"
 # What CloudWatch's LoadBalancer and TargetGroup dimensions take: the ARNs' last parts.
 _ALB_SUFFIX = "app/{}/50dc6c495c0c9188"
@@ -134,6 +136,7 @@ def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
             "arn": f"arn:aws:elasticloadbalancing:{REGION}:1:loadbalancer/"
             + _ALB_SUFFIX.format(name),
             "arnSuffix": _ALB_SUFFIX.format(name),
+            "zoneId": ALB_ZONE_ID,
         }
     if typ == "aws:lb/targetGroup:TargetGroup":
         return {
@@ -147,7 +150,19 @@ def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     if typ == "aws:sns/topic:Topic":
         return {"arn": f"arn:aws:sns:{REGION}:{ACCOUNT_ID}:{name}"}
     if typ == "aws:acm/certificate:Certificate":
-        return {"arn": f"arn:aws:acm:{REGION}:1:certificate/{name}"}
+        computed: dict[str, Any] = {"arn": f"arn:aws:acm:{REGION}:1:certificate/{name}"}
+        if inputs.get("validationMethod") == "DNS":
+            computed["domainValidationOptions"] = [{
+                "domainName": inputs["domainName"],
+                "resourceRecordName": f"_{VALIDATION_TOKEN}.{inputs['domainName']}.",
+                "resourceRecordType": "CNAME",
+                "resourceRecordValue": f"_{VALIDATION_TOKEN}.acm-validations.aws.",
+            }]  # fmt: skip
+        return computed
+    if typ == "aws:acm/certificateValidation:CertificateValidation":
+        return {"certificateArn": inputs["certificateArn"]}
+    if typ == "aws:route53/record:Record":
+        return {"fqdn": str(inputs["name"]).rstrip(".")}
     if typ == "tls:index/selfSignedCert:SelfSignedCert":
         return {"certPem": SELF_SIGNED_PEM}
     if typ == "aws:rds/instance:Instance":

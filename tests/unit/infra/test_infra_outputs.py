@@ -26,6 +26,7 @@ CONTRACT_KEYS = {
     "region",
     "url",
     "alarm_topic_arn",
+    "tls",
 }
 OPERATOR_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAblW2M0gfe7BylX6rzxEMly6GaRw8/tq+CIAkv/5C8j op@laptop"
@@ -76,7 +77,8 @@ def test_output_values():
         ]
         assert dsn == f"postgresql://mlflow:{DB_PASSWORD}@{DB_ADDRESS}:5432/mlflow"
         assert destination == f"s3://{BUCKET_NAME}/mlflow-artifacts"
-        assert url == f"https://{EIP_PUBLIC_DNS}"
+        # tlsMode acme (default) certifies the Elastic IP: clients use it, not the DNS name.
+        assert url == f"https://{EIP_PUBLIC_IP}"
         assert private_key.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
         assert private_key == GENERATED_PRIVATE_KEY
 

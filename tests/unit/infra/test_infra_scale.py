@@ -12,7 +12,7 @@ import pulumi
 import pytest
 from infra_mocks import (
     ALB_DNS,
-    EIP_PUBLIC_DNS,
+    EIP_PUBLIC_IP,
     MOCKS,
     OPERATOR_CIDR,
     REGION,
@@ -49,6 +49,7 @@ CONTRACT_KEYS = {
     "region",
     "url",
     "alarm_topic_arn",
+    "tls",
 }
 CERT_ARN = f"arn:aws:acm:{REGION}:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
@@ -138,7 +139,7 @@ def test_one_instance_is_the_one_host_stack_without_load_balancer(instances):
         assert world == {(web, 443), (web, 80)}, "one host takes HTTPS and HTTP itself"
 
     def check_url(url: str) -> None:
-        assert url == f"https://{EIP_PUBLIC_DNS}"
+        assert url == f"https://{EIP_PUBLIC_IP}"  # tlsMode acme: the certificate's address
 
     assert set(stack.outputs) == CONTRACT_KEYS | {"ssh_private_key"}
     return pulumi.Output.all(

@@ -122,6 +122,12 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
     ({"alarmEmail": "a@example.com,b@example.com"}, "alarmEmail", "no list"),
     ({"alarmEmail": "Ops <ops@example.com>"}, "alarmEmail", "no name"),
     ({"alarmEmail": "ops@exa mple.com"}, "alarmEmail", "one e-mail address"),
+    ({"tlsMode": "letsencrypt"}, "tlsMode", "choose one of acme, self-signed, files"),
+    ({"domain": "mlflow..example.com"}, "domain", "a lowercase DNS name"),
+    ({"hostedZoneId": "Z123"}, "hostedZoneId", "needs domain"),
+    ({"acmeDirectoryUrl": "http://acme.test/dir"}, "acmeDirectoryUrl", "an https:// URL"),
+    ({"acmeEmail": "ops at example"}, "acmeEmail", "not an e-mail address"),
+    ({"acmeProfile": "Short"}, "acmeProfile", "not a profile name"),
 ]
 
 
