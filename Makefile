@@ -91,9 +91,11 @@ demo-down: $(BIN)/.dev-installed ## Remove everything `make demo` created
 	@$(BIN)/python -m standin.demo down
 
 # --- quality -------------------------------------------------------------------------------------
-lint: $(BIN)/.dev-installed ## ruff, yamllint and ansible-lint (production profile)
+lint: $(BIN)/.dev-installed ## ruff, mypy (strict), yamllint and ansible-lint (production profile)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# infra/, inventory_plugin/ and __main__.py against pulumi's and pulumi-aws's type hints.
+	$(BIN)/mypy
 	$(BIN)/yamllint --strict .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --offline
 
