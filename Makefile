@@ -20,7 +20,7 @@ ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
 # USER is set by every login shell; only a USER given on the make command line picks a user.
 ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
 
-.PHONY: help infra preview destroy outputs configure rotate credentials demo demo-down \
+.PHONY: help infra preview destroy outputs configure rotate credentials verify demo demo-down \
 	lint test test-unit test-integration molecule bench example clean
 
 help: ## List the targets
@@ -71,6 +71,9 @@ rotate: $(BIN)/.deploy-installed ## New passwords for all users (or USER=name), 
 
 credentials: $(BIN)/.deploy-installed ## Print the export lines a client needs (USER=name for another user)
 	@$(BIN)/python -m inventory_plugin.credentials $(if $(ROTATE_USER),--user $(ROTATE_USER),)
+
+verify: $(BIN)/.deploy-installed ## Check the stack from outside: health, TLS, logins, a run round-trips
+	@$(BIN)/python -m inventory_plugin.verify
 
 # NAME is checked before anything is installed; ARGS go to the script (e.g. ARGS="--experiment x").
 # No usage telemetry: the client talks to your server only.
