@@ -1,10 +1,12 @@
 """Assemble the stack from validated settings and produce its outputs.
 
 The outputs are the contract with the inventory plugin (see /work/contracts.md):
-`hosts`, `ssh_user`, `ssh_private_key` (secret, only when generated), `db_dsn` (secret),
-`artifacts_destination`, `region`, `url`; with several hosts and a self-signed load balancer
-certificate also `ca_certificate` (the PEM clients pin); with several hosts `drain_seconds`
-(how long the load balancer takes to stop or resume sending requests to a host).
+`hosts` (each with `name`, `public_ip`, `private_ip`, `public_dns` and `ssh_host_key`, the
+public half of the SSH host key the stack made for it), `ssh_user`, `ssh_private_key`
+(secret, only when generated), `db_dsn` (secret), `artifacts_destination`, `region`, `url`;
+with several hosts and a self-signed load balancer certificate also `ca_certificate` (the PEM
+clients pin); with several hosts `drain_seconds` (how long the load balancer takes to stop or
+resume sending requests to a host).
 
 One host (instances 1): the host takes HTTPS itself and `url` is its Elastic IP's DNS name.
 Several: they go round-robin into the public subnets of both zones behind an Application

@@ -5,16 +5,19 @@ within the bound."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from standin import Host
-from standin.playbook import PlaybookRun
+from standin.playbook import PlaybookRun, run_playbook
 from tests.integration.figures import figure
-from tests.integration.stack import Stack, wait_serving
+from tests.integration.stack import STACK, Stack, wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +110,53 @@ def test_configure_waits_for_the_dpkg_lock(stack: Stack, dpkg_lock_held: Host) -
     status = host.run(["dpkg-query", "-W", "-f=${db:Status-Status}", MISSING_PACKAGE])
     assert status.stdout == "installed"
     figure(f"configure with the dpkg lock held {HOLD_SECONDS} s: {run.seconds:.0f} s")
+
+
+# ----- the first connection is verified (stack output ssh_host_key, pinned by the inventory) ---
+
+
+def test_a_host_presenting_another_key_is_refused_before_anything_runs(
+    stack: Stack, second_host: Host, tmp_path: Path
+) -> None:
+    outputs = json.loads(stack.bed.outputs_file.read_text())
+    assert outputs["hosts"][1]["ssh_host_key"] == second_host.host_public_key()
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True
+    )
+    outputs["hosts"][1]["ssh_host_key"] = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    forged = tmp_path / "outputs.json"
+    forged.write_text(json.dumps(outputs))
+    journal_before = second_host.run(["journalctl", "-u", "ssh", "-o", "cat"]).stdout
+
+    run = run_playbook(
+        forged,
+        stack.credentials_dir,
+        STACK,
+        ["-e", f"@{stack.users_file}", "--limit", second_host.name],
+        echo=False,
+    )
+
+    assert run.returncode != 0
+    assert (
+        f"{second_host.name} ({second_host.ip}) presents an SSH host key other than the one the "
+        "stack made for it, so nothing was run there"
+    ) in " ".join(run.output.split())
+    # Not even a login: sshd saw no accepted session since.
+    journal = second_host.run(["journalctl", "-u", "ssh", "-o", "cat"]).stdout
+    assert "Accepted publickey" not in journal[len(journal_before) :]
+
+
+def test_a_replaced_instance_gets_its_new_key_pinned(stack: Stack, second_host: Host) -> None:
+    """New host key (as a replaced instance has) and new outputs: configure just works."""
+    second_host.run(
+        "rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub && "
+        "ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && systemctl reload ssh"
+    )
+    second_host._record_host_key()  # the harness's own ssh
+    stack.bed.write_outputs()  # what `make infra` exports for the replaced instance
+
+    run = stack.run_playbook("--limit", second_host.name, echo=False)
+
+    run.check()
+    pinned = (stack.stack_dir / "pinned_host_keys").read_text()
+    assert f"{second_host.ip} {second_host.host_public_key()}\n" in pinned
