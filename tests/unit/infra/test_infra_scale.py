@@ -82,7 +82,7 @@ ONE_HOST_STACK = {
     "mlflow-aws:infra:ServerAccess": 1,
     "random:index/randomId:RandomId": 1,
     "random:index/randomPassword:RandomPassword": 1,
-    "tls:index/privateKey:PrivateKey": 1,
+    "tls:index/privateKey:PrivateKey": 2,  # the login key and the host's SSH host key
 }
 
 
