@@ -309,6 +309,7 @@ def test_host_vars(outputs: dict[str, Any], tmp_path: Path) -> None:
         "mlflow_aws_region": "eu-west-1",
         "mlflow_url": "https://ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
         "mlflow_drain_seconds": 0,
+        "mlflow_ssh_host_key": "",
     }
 
 
