@@ -70,6 +70,15 @@ class CheckFailed(Exception):
     """What a check found wrong, in one line."""
 
 
+class PinnedSession(requests.Session):
+    """A session whose `verify` holds for every request, as the MLflow client passes it: a plain
+    Session lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment override it."""
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("verify", self.verify)
+        return super().request(method, url, *args, **kwargs)
+
+
 @dataclass
 class Target:
     """The server as a client sees it: URL, certificate to verify with, users and passwords."""
@@ -87,7 +96,7 @@ class Target:
         return urlsplit(self.url).port or 443
 
     def session(self, user: str | None, password: str | None = None) -> requests.Session:
-        session = requests.Session()
+        session = PinnedSession()
         session.verify = self.verify
         if user is not None:
             session.auth = (user, password if password is not None else self.users[user])
