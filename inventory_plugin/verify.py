@@ -198,7 +198,7 @@ class Api:
         if not response.ok:
             raise CheckFailed(
                 f"{method} {path.split('?')[0]}: HTTP {response.status_code} "
-                f"{response.text[:200].strip()}"
+                f"{' '.join(response.text[:200].split())}"
             )
         return response
 
