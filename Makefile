@@ -22,8 +22,8 @@ ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
 ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
 
 .PHONY: help infra preview destroy outputs configure rotate rotate-db backup backups restore gc \
-	credentials demo demo-down lint docs test test-unit test-integration molecule bench example clean \
-	read-routes
+	credentials verify demo demo-down lint docs test test-unit test-integration molecule bench \
+	example clean read-routes
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -90,6 +90,9 @@ gc: $(BIN)/.deploy-installed ## Purge runs/experiments deleted over mlflow_gc_ol
 credentials: $(BIN)/.deploy-installed ## Print the export lines a client needs (USER=name for another user)
 	@$(BIN)/python -m inventory_plugin.credentials $(if $(ROTATE_USER),--user $(ROTATE_USER),)
 
+verify: $(BIN)/.deploy-installed ## Check the stack from outside: health, TLS, logins, a run round-trips
+	@$(BIN)/python -m inventory_plugin.verify
+
 # NAME is checked before anything is installed; ARGS go to the script (e.g. ARGS="--experiment x").
 # No usage telemetry: the client talks to your server only.
 example: ## Run an example on the stack: NAME=iris_random_forest|llm_evaluation [USER=name]
@@ -128,9 +131,11 @@ read-routes: $(ROUTES_VENV)/.installed ## Rewrite the read-only users' route tab
 	@git --no-pager diff --stat -- ansible/roles/nginx_basic_auth/files/mlflow_routes.json
 
 # --- quality -------------------------------------------------------------------------------------
-lint: $(BIN)/.dev-installed ## ruff, yamllint and ansible-lint (production profile)
+lint: $(BIN)/.dev-installed ## ruff, mypy (strict), yamllint and ansible-lint (production profile)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# infra/, inventory_plugin/ and __main__.py against pulumi's and pulumi-aws's type hints.
+	$(BIN)/mypy
 	$(BIN)/yamllint --strict .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --offline
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any, Literal
 
-# hosts: a non-empty list of {name, public_ip[, private_ip, public_dns]};
+# hosts: a non-empty list of {name, public_ip[, private_ip, public_dns, ssh_host_key]}
+# (ssh_host_key: the public SSH host key the stack made for the host, pinned by the inventory);
 # text: a string (non-empty when required); pem: a PEM certificate;
 # seconds: a whole number from 0 to MAX_SECONDS;
 # settings: an object of strings whose keys are those of its host_var mapping.

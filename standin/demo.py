@@ -53,6 +53,8 @@ def up() -> int:
         f"  STACK={STACK} MLFLOW_AWS_OUTPUTS_FILE={bed.outputs_file}"
         " make example NAME=iris_random_forest"
     )
+    print("Check it from outside, as your users reach it:")
+    print(f"  STACK={STACK} MLFLOW_AWS_OUTPUTS_FILE={bed.outputs_file} make verify")
     print("`make demo-down` removes the host, the database and the bucket.")
     return 0
 

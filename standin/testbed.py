@@ -130,6 +130,7 @@ class Testbed:
             _refuse_if_other_owner(self.state_dir, self.slot)
             try:
                 if self._reuse(host_count):
+                    self.write_outputs()  # in this checkout's shape (e.g. an output added since)
                     return self
             except HarnessError as refusal:
                 if not replace:
@@ -253,6 +254,8 @@ class Testbed:
                         "public_ip": h.ip,
                         "private_ip": h.ip,
                         "public_dns": h.dns_name,
+                        # Like the stack's generated host keys: the first connection is verified.
+                        "ssh_host_key": h.host_public_key(),
                     }
                     for h in self.hosts
                 ],

@@ -10,6 +10,7 @@ from infra_mocks import (
     EIP_PUBLIC_DNS,
     EIP_PUBLIC_IP,
     GENERATED_PRIVATE_KEY,
+    GENERATED_PUBLIC_KEY,
     INSTANCE_PRIVATE_IP,
     REGION,
     fresh_stack,
@@ -73,6 +74,7 @@ def test_output_values():
                 "public_ip": EIP_PUBLIC_IP,
                 "private_ip": INSTANCE_PRIVATE_IP,
                 "public_dns": EIP_PUBLIC_DNS,
+                "ssh_host_key": GENERATED_PUBLIC_KEY,
             }
         ]
         assert dsn == f"postgresql://mlflow:{DB_PASSWORD}@{DB_ADDRESS}:5432/mlflow"

@@ -13,6 +13,7 @@ import pytest
 from infra_mocks import (
     ALB_DNS,
     EIP_PUBLIC_IP,
+    GENERATED_PUBLIC_KEY,
     MOCKS,
     OPERATOR_CIDR,
     REGION,
@@ -97,7 +98,7 @@ ONE_HOST_STACK = {
     "mlflow-aws:infra:ServerAccess": 1,
     "random:index/randomId:RandomId": 1,
     "random:index/randomPassword:RandomPassword": 1,
-    "tls:index/privateKey:PrivateKey": 1,
+    "tls:index/privateKey:PrivateKey": 2,  # the login key and the host's SSH host key
 }
 
 
@@ -386,7 +387,10 @@ def test_outputs_url_is_the_load_balancer_and_hosts_lists_every_host():
     def check(values: list) -> None:
         url, hosts, pem = values
         assert url == f"https://{ALB_DNS}"
-        assert hosts == [{"name": f"mlflow-test-{i}", **host_addresses(i)} for i in (1, 2, 3)]
+        assert hosts == [
+            {"name": f"mlflow-test-{i}", **host_addresses(i), "ssh_host_key": GENERATED_PUBLIC_KEY}
+            for i in (1, 2, 3)
+        ]
         assert pem == SELF_SIGNED_PEM
 
     # Two failed health checks 10 s apart and a margin: what the playbook waits around restarts.
