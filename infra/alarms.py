@@ -24,6 +24,7 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+from pulumi_aws.get_caller_identity import get_caller_identity_output
 
 from infra.naming import Naming
 from infra.settings import StackSettings
@@ -96,7 +97,7 @@ def supports_recover(instance_type: str) -> bool:
     """EC2's recover action needs EBS-only instances: not the 'd' (instance store) variants."""
     family = instance_type.partition(".")[0]
     match = _INSTANCE_FAMILY.match(family)
-    return bool(match) and "d" not in match["suffix"]
+    return match is not None and "d" not in match["suffix"]
 
 
 def free_storage_threshold_bytes(allocated_gib: int) -> float:
@@ -309,7 +310,7 @@ class Alarms(pulumi.ComponentResource):
         ARN suffixes (the CloudWatch dimensions), with several hosts."""
         super().__init__("mlflow-aws:infra:Alarms", naming.name("alarms"), None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        account_id = aws.get_caller_identity_output().account_id
+        account_id = get_caller_identity_output().account_id
 
         self.key = aws.kms.Key(
             naming.name("alarms-key"),

@@ -8,8 +8,8 @@ one line below. Standard library only: the inventory plugin imports this inside 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 # hosts: a non-empty list of {name, public_ip[, private_ip, public_dns, ssh_host_key]}

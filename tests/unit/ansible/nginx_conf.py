@@ -94,6 +94,11 @@ def map_entries(root: Directive, variable: str) -> tuple[str, dict[str, str]]:
     raise AssertionError(f"no map defines {variable}")
 
 
+# The maps of user -> MD5 of that user's valid Authorization header (credentials.conf): the site's
+# (/: every user but metrics ones) and the metrics locations' (every user; the others' get 403).
+VALID_CREDENTIAL_MAPS = (["$mlflow_credential_md5"], ["$mlflow_metrics_credential_md5"])
+
+
 def password_required(root: Directive, location: Directive) -> bool:
     """True when nginx answers this location only to a request with a valid password.
 
@@ -117,6 +122,6 @@ def password_required(root: Directive, location: Directive) -> bool:
     return (
         source == "$secure_link"
         and turned_off == {"1"}
-        and inherited(location, "secure_link") == ["$mlflow_credential_md5"]
+        and inherited(location, "secure_link") in VALID_CREDENTIAL_MAPS
         and inherited(location, "secure_link_md5") == ["$http_authorization"]
     )

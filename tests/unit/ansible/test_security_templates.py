@@ -40,14 +40,24 @@ ANONYMOUS_PROXIED = {"= /health"}
 
 
 def nginx_site(**overrides: Any) -> Directive:
-    """mlflow.conf with the credentials map it includes, as nginx reads them."""
+    """mlflow.conf with the credentials map and the metrics locations it includes, as nginx
+    reads them."""
     overrides.setdefault("nginx_basic_auth_users", USERS)
+    # Set by the role's tasks before the site is written: the self-signed certificate until an
+    # ACME one is valid (tasks/main.yml, "Choose the certificate nginx serves").
+    for served, own in (("certificate", "certificate"), ("private_key", "private_key")):
+        overrides.setdefault(
+            f"nginx_basic_auth_tls_served_{served}", resolve(NGINX, f"nginx_basic_auth_tls_{own}")
+        )
     site = render(NGINX, "mlflow.conf.j2", **overrides)
-    credentials_file = resolve(NGINX, "nginx_basic_auth_credentials_map")
-    include = f"include {credentials_file};"
-    assert include in site, "the site must include the valid credentials' map"
-    credentials = render(NGINX, "credentials.conf.j2", **overrides)
-    return parse(site.replace(include, credentials))
+    for variable, template in (
+        ("nginx_basic_auth_credentials_map", "credentials.conf.j2"),
+        ("nginx_basic_auth_metrics_locations", "metrics.conf.j2"),
+    ):
+        include = f"include {resolve(NGINX, variable)};"
+        assert include in site, f"the site must include {template}"
+        site = site.replace(include, render(NGINX, template, **overrides))
+    return parse(site)
 
 
 def servers(root: Directive) -> dict[str, Directive]:
@@ -157,6 +167,53 @@ def test_tls_settings_reach_nginx() -> None:
     )
 
 
+ROLE_USERS = [
+    {"name": "alice", "password": "correct-horse-battery-staple-1"},
+    {"name": "viewer", "password": "Tr0ub4dor&3-but-longer-now", "role": "read"},
+    {"name": "prom", "password": "scrape-scrape-scrape-1234", "role": "metrics"},
+]
+
+
+def test_metrics_locations_answer_only_users_with_role_metrics() -> None:
+    root = nginx_site(nginx_basic_auth_users=ROLE_USERS)
+    https = servers(root)["443"]
+    metrics = {" ".join(loc.args): loc for loc in locations(https) if "/metrics" in loc.args[-1]}
+    assert set(metrics) == {"= /metrics", "= /metrics/nginx"}
+    for location in metrics.values():
+        assert password_required(root, location)
+        assert location.value("auth_basic_user_file") == [
+            resolve(NGINX, "nginx_basic_auth_metrics_htpasswd_file")
+        ]
+        # Another user's valid credentials skip the hash there, so they must be refused first.
+        refused = [d for d in location.children("if") if d.args == ["($mlflow_metrics_refused)"]]
+        assert refused
+        assert refused[0].value("return") == ["403"]
+    assert map_entries(root, "$mlflow_metrics_role")[1] == {"default": "0", "prom": "1"}
+    # Metrics users cannot use MLflow: not in the site's map of valid credentials (nor its file).
+    assert set(map_entries(root, "$mlflow_credential_md5")[1]) == {"default", "alice", "viewer"}
+
+
+def test_readers_are_checked_after_the_password_and_denied_by_default() -> None:
+    root = nginx_site(nginx_basic_auth_users=ROLE_USERS)
+    https = servers(root)["443"]
+    mlflow = next(loc for loc in locations(https) if loc.args == ["/"])
+    assert password_required(root, mlflow)
+    assert mlflow.value("auth_request") == ["/_mlflow_role_allows"]
+    check = next(loc for loc in locations(https) if loc.args == ["=", "/_mlflow_role_allows"])
+    assert check.value("internal") == []
+    assert check.value("proxy_pass") is None
+    assert map_entries(root, "$mlflow_user_role")[1] == {
+        "default": "",
+        "alice": "write",
+        "viewer": "read",
+    }
+    assert map_entries(root, "$mlflow_request_allowed")[1] == {
+        "write": "1",
+        "read": "$mlflow_read_request",
+        "default": "0",
+    }
+
+
 # --- pinned role defaults --------------------------------------------------------------------
 MOZILLA_INTERMEDIATE_ECDHE = [
     "ECDHE-ECDSA-AES128-GCM-SHA256",
@@ -202,7 +259,7 @@ PINNED = {
         "systemd_mlflow_host": "127.0.0.1",
         "systemd_mlflow_memory_deny_write_execute": True,
     },
-    "mlflow": {"mlflow_enable_job_execution": False, "mlflow_extra_server_names": []},
+    "mlflow": {"mlflow_enable_job_execution": False},
 }
 
 
@@ -266,3 +323,13 @@ def test_mlflow_environment_keeps_the_password_out_of_the_uri() -> None:
     assert not [host for host in allowed if host.startswith("*") or host.endswith(".*")]
     assert "*" not in values["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"]
     assert not any(name.startswith(("AWS_ACCESS", "AWS_SECRET")) for name in values)
+
+
+def test_extra_server_names_default_to_the_stack_domain_only() -> None:
+    # A derived default since the tls branch (setting domain): no other names, never a wildcard.
+    assert resolve("mlflow", "mlflow_extra_server_names") == []
+    assert resolve("mlflow", "mlflow_extra_server_names", mlflow_domain="") == []
+    assert resolve("mlflow", "mlflow_extra_server_names", mlflow_domain="mlflow.example.com") == [
+        "mlflow.example.com"
+    ]
+    assert "mlflow_extra_server_names" not in argument_spec_defaults("mlflow")
