@@ -86,6 +86,11 @@ class Target:
     url: str
     verify: str | bool  # requests' `verify`: the pinned certificate, or the CA bundle (True)
     users: dict[str, str] = field(repr=False)
+    # Each user's role in mlflow_users (write when not given): what the user may reach.
+    roles: dict[str, str] = field(default_factory=dict)
+
+    def role(self, user: str) -> str:
+        return self.roles.get(user, "write")
 
     @property
     def host(self) -> str:
@@ -180,8 +185,22 @@ def check_wrong_password(target: Target) -> str:
 
 
 def check_user(target: Target, user: str) -> str:
-    response = target.session(user).get(target.url + PROBE, timeout=TIMEOUT_SECONDS)
+    """The user logs in where their role lets them: metrics users on /metrics, readers on the
+    API with a write refused (an invalid one, which MLflow would answer 400 if it got it)."""
+    session = target.session(user)
+    role = target.role(user)
+    if role == "metrics":
+        response = session.get(target.url + "/metrics", timeout=TIMEOUT_SECONDS)
+        expect_status(response, 200, f"/metrics as {user} (role metrics)")
+        return "200 on /metrics (role metrics)"
+    response = session.get(target.url + PROBE, timeout=TIMEOUT_SECONDS)
     expect_status(response, 200, f"the API as {user}")
+    if role == "read":
+        refused = session.post(
+            f"{target.url}{API}/experiments/create", json={}, timeout=TIMEOUT_SECONDS
+        )
+        expect_status(refused, 403, f"a write as {user} (role read)")
+        return "200, a write refused with 403 (role read)"
     return "200"
 
 
@@ -338,7 +357,9 @@ def run_checks(target: Target, report: Report) -> None:
     report.check("401-wrong-password", lambda: check_wrong_password(target))
     for user in target.users:
         report.check(f"user-{user}", functools.partial(check_user, target, user))
-    roundtrip = Roundtrip(Api(target, next(iter(target.users))))
+    # The run is created by a user who may write (the first one; readers and metrics users may not).
+    writers = [user for user in target.users if target.role(user) == "write"]
+    roundtrip = Roundtrip(Api(target, (writers or list(target.users))[0]))
     with always(lambda: report.check("cleanup", roundtrip.remove)):
         report.check("run-roundtrip", roundtrip.run)
 
@@ -354,17 +375,19 @@ def always(finish: Callable[[], object]) -> Iterator[None]:
 # ----------------------------------------------------------------------------- inputs
 
 
-def configured_users(users_file: Path) -> list[str]:
-    """Names in `mlflow_users` of the group vars (or another vars file with that key)."""
+def configured_users(users_file: Path) -> dict[str, str]:
+    """Names in `mlflow_users` of the group vars (or another vars file with that key), each with
+    its role (write when not given; the playbook has checked the roles)."""
     try:
         data = yaml.safe_load(users_file.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise CredentialsError(f"cannot read mlflow_users from {users_file}: {exc}") from None
     users = data.get("mlflow_users") if isinstance(data, dict) else None
-    names = [u.get("name") for u in users or [] if isinstance(u, dict)]
+    entries = [u for u in users or [] if isinstance(u, dict)]
+    names = [u.get("name") for u in entries]
     if not names or not all(isinstance(name, str) and name for name in names):
         raise CredentialsError(f"no users in mlflow_users of {users_file}: declare them there")
-    return [str(name) for name in names]
+    return {str(u["name"]): str(u.get("role") or "write") for u in entries}
 
 
 def user_password(stack_dir: Path, users_file: Path, user: str) -> str:
@@ -386,11 +409,10 @@ def build_target(args: argparse.Namespace) -> Target:
     outputs: StackOutputs = load_outputs(stack, REPO_ROOT, outputs_file)
     stack_dir = credentials_dir() / stack
     users_file = resolve_path(args.users_file, Path.cwd())
-    users = {
-        user: user_password(stack_dir, users_file, user) for user in configured_users(users_file)
-    }
+    roles = configured_users(users_file)
+    users = {user: user_password(stack_dir, users_file, user) for user in roles}
     cert = client_certificate(outputs, stack_dir)
-    return Target(outputs.url.rstrip("/"), str(cert) if cert else True, users)
+    return Target(outputs.url.rstrip("/"), str(cert) if cert else True, users, roles)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
