@@ -27,8 +27,7 @@ REGION_ROW = (
 
 
 def load_config_schema(project_file: Path = ROOT / "Pulumi.yaml") -> dict[str, dict[str, Any]]:
-    schema: dict[str, dict[str, Any]] = yaml.safe_load(project_file.read_text())["config"]
-    return schema
+    return yaml.safe_load(project_file.read_text())["config"]
 
 
 def type_name(spec: dict[str, Any]) -> str:

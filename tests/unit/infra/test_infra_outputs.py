@@ -10,7 +10,6 @@ from infra_mocks import (
     EIP_PUBLIC_DNS,
     EIP_PUBLIC_IP,
     GENERATED_PRIVATE_KEY,
-    GENERATED_PUBLIC_KEY,
     INSTANCE_PRIVATE_IP,
     REGION,
     fresh_stack,
@@ -19,16 +18,7 @@ from infra_mocks import (
 from infra.database import postgres_dsn
 from infra.outputs import OUTPUTS, REQUIRED
 
-CONTRACT_KEYS = {
-    "hosts",
-    "ssh_user",
-    "db_dsn",
-    "artifacts_destination",
-    "region",
-    "url",
-    "alarm_topic_arn",
-    "tls",
-}
+CONTRACT_KEYS = {"hosts", "ssh_user", "db_dsn", "artifacts_destination", "region", "url"}
 OPERATOR_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAblW2M0gfe7BylX6rzxEMly6GaRw8/tq+CIAkv/5C8j op@laptop"
 )
@@ -64,7 +54,7 @@ def test_secret_outputs_are_secret():
 def test_output_values():
     outputs = fresh_stack().outputs
     assert outputs["region"] == REGION
-    assert outputs["ssh_user"] == "admin"
+    assert outputs["ssh_user"] == "ubuntu"
 
     def check(values: list) -> None:
         hosts, dsn, destination, url, private_key = values
@@ -74,13 +64,11 @@ def test_output_values():
                 "public_ip": EIP_PUBLIC_IP,
                 "private_ip": INSTANCE_PRIVATE_IP,
                 "public_dns": EIP_PUBLIC_DNS,
-                "ssh_host_key": GENERATED_PUBLIC_KEY,
             }
         ]
         assert dsn == f"postgresql://mlflow:{DB_PASSWORD}@{DB_ADDRESS}:5432/mlflow"
         assert destination == f"s3://{BUCKET_NAME}/mlflow-artifacts"
-        # tlsMode acme (default) certifies the Elastic IP: clients use it, not the DNS name.
-        assert url == f"https://{EIP_PUBLIC_IP}"
+        assert url == f"https://{EIP_PUBLIC_DNS}"
         assert private_key.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
         assert private_key == GENERATED_PRIVATE_KEY
 
