@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  debootstrap        # builds the base root filesystem of the test hosts
+  debootstrap        # builds the Debian 13/12 base root filesystems (hosts, PostgreSQL 17)
   debian-archive-keyring  # debootstrap verifies the mirror with it (only a Recommends)
   systemd-container  # systemd-nspawn boots the test hosts
   nftables           # masquerade so the hosts reach the package mirrors
@@ -13,10 +13,13 @@ PACKAGES=(
   util-linux         # nsenter, mount
   procps             # pgrep/ps for diagnostics
   openssh-client     # ssh / ssh-keygen
-  postgresql         # the dedicated PostgreSQL cluster (initdb, pg_ctl)
   ca-certificates    # CA bundle copied into each host
   haproxy            # stands in for the AWS load balancer in front of several hosts
   openssl            # the stand-in load balancer's self-signed certificate
+  pebble             # ACME test server (and pebble-challtestsrv, its DNS stub) for the TLS tests
+  chromium           # headless browser: the read-only UI tests (driven over DevTools) and the TLS tests' certificate check
+  libnss3-tools      # certutil: trust pebble's root in Chromium's NSS database
+  fonts-dejavu-core  # text in Chromium's screenshot
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -23,23 +23,16 @@ REQUIRED_COMMANDS = (
     "runuser",
     "haproxy",  # the stand-in load balancer of the scale tests
     "openssl",
+    "chroot",  # the PostgreSQL 17 stand-in runs from a Debian 13 tree (services.py)
+    "chromium",  # the UI tests' headless browser (tests/integration/browser.py), the TLS tests'
+    "pebble",  # the ACME test server of the TLS tests
+    "pebble-challtestsrv",  # its DNS stub (test domain names)
+    "certutil",  # libnss3-tools: trusts pebble's root in Chromium's NSS database
 )
 
 
-def postgres_bindir() -> Path | None:
-    """Directory of the newest installed Debian PostgreSQL server binaries, if any."""
-    candidates = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
-    )
-    return candidates[-1].parent if candidates else None
-
-
 def missing_commands() -> list[str]:
-    missing = [cmd for cmd in REQUIRED_COMMANDS if shutil.which(cmd) is None]
-    if postgres_bindir() is None:
-        missing.append("postgresql (initdb)")
-    return missing
+    return [cmd for cmd in REQUIRED_COMMANDS if shutil.which(cmd) is None]
 
 
 def kernel_problems() -> list[str]:

@@ -24,7 +24,12 @@ from standin.playbook import PlaybookRun, run_playbook
 from standin.util import REPO_ROOT
 from tests.integration.figures import figure
 
-USERS = ["team", "alice"]
+USERS = ["team", "alice", "scraper", "viewer"]
+# Roles other than the default (write): scraper may read /metrics and nothing else
+# (test_metrics.py), viewer may only read (test_read_only.py).
+METRICS_USER = "scraper"
+READ_USER = "viewer"
+ROLES = {METRICS_USER: "metrics", READ_USER: "read"}
 STACK = "e2e"
 # The release the mlflow role installs: its default.
 MLFLOW_DEFAULTS = REPO_ROOT / "ansible" / "roles" / "mlflow" / "defaults" / "main.yml"
@@ -102,7 +107,8 @@ def configure_stack(
     """The hosts configured by a cold run, then a second run (which must change nothing)."""
     credentials_dir = work / "credentials"
     users_file = work / "users.json"
-    users_file.write_text(json.dumps({"mlflow_users": [{"name": user} for user in USERS]}))
+    users = [{"name": user, **({"role": ROLES[user]} if user in ROLES else {})} for user in USERS]
+    users_file.write_text(json.dumps({"mlflow_users": users}))
     configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
     configured.outputs_file, configured.extra = outputs_file, extra
     configured.cold = configured.configure().check()

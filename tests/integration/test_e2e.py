@@ -1,4 +1,4 @@
-"""End to end: the real playbook configures two real Debian 12 hosts; the MLflow client uses them.
+"""End to end: the real playbook configures two real Debian 13 hosts; the MLflow client uses them.
 
 Everything goes through each host's public HTTPS address (nginx, TLS, basic auth), as a user's
 training job would: the hosts are systemd-nspawn machines on the test network, PostgreSQL and an

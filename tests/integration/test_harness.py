@@ -1,4 +1,4 @@
-"""The test harness itself: real hosts that behave like fresh Debian 12 EC2 instances."""
+"""The test harness itself: real hosts that behave like fresh Debian 13 EC2 instances."""
 
 from __future__ import annotations
 
@@ -116,6 +116,14 @@ def test_database_answers_and_survives_an_outage(testbed: Testbed) -> None:
     finally:
         testbed.postgres.start()
     assert testbed.query("SELECT %s::int", (7,)) == [(7,)]
+
+
+def test_hosts_run_debian_13_and_the_database_postgresql_17(testbed: Testbed) -> None:
+    """The default `os` and RDS's default major version, as a user gets them."""
+    release = testbed.hosts[0].run(["cat", "/etc/os-release"]).stdout
+    assert 'VERSION_ID="13"' in release
+    assert "trixie" in release
+    assert testbed.query("SHOW server_version_num")[0][0].startswith("17")
 
 
 def test_database_refuses_a_wrong_password(testbed: Testbed) -> None:

@@ -514,13 +514,14 @@ def assert_restorable_dump(stack: Stack, key: str, tmp_path: Path, run_id: str) 
     body = stack.bed.s3.client().get_object(Bucket=stack.bed.s3.bucket, Key=key)["Body"].read()
     dump.write_bytes(body)
     assert body.startswith(b"PGDMP")
-    pg_restore = stack.bed.postgres.bindir / "pg_restore"
+    # PostgreSQL 17's own pg_restore (the database's major), reading the archive from stdin.
+    pg_restore = stack.bed.postgres.tool("pg_restore")
     listing = subprocess.run(
-        [pg_restore, "--list", dump], capture_output=True, text=True, check=True
-    ).stdout
+        [*pg_restore, "--list"], input=body, capture_output=True, check=True
+    ).stdout.decode()
     assert "TABLE DATA public metrics" in listing
     sql = subprocess.run(
-        [pg_restore, "--data-only", "--table=runs", "-f", "-", dump],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [*pg_restore, "--data-only", "--table=runs", "-f", "-"],
+        input=body, capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
     assert run_id in sql

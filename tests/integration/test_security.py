@@ -114,7 +114,8 @@ def test_tls_is_mozilla_intermediate_compliant(stack: Stack, tmp_path: Path) -> 
 
     # With a certificate from a CA (the operator's own), the whole profile passes.
     ca, cert, key = issue_certificate(tmp_path, host)
-    own = ["-e", f"nginx_basic_auth_tls_certificate_src={cert}",
+    own = ["-e", "nginx_basic_auth_tls_mode=files",
+           "-e", f"nginx_basic_auth_tls_certificate_src={cert}",
            "-e", f"nginx_basic_auth_tls_private_key_src={key}", "--limit", host.name]  # fmt: skip
     try:
         run_playbook(stack.bed.outputs_file, stack.credentials_dir, STACK,
