@@ -101,14 +101,29 @@ class Stack:
         )
 
 
+def write_users(path: Path, names: list[str]) -> Path:
+    """An extra-vars file with the mlflow_users entries of `names` (roles from ROLES)."""
+    users = [{"name": user, **({"role": ROLES[user]} if user in ROLES else {})} for user in names]
+    path.write_text(json.dumps({"mlflow_users": users}))
+    return path
+
+
+def without_readers(work: Path) -> Path:
+    """The users minus the reader: for deploying an MLflow release other than the pinned one,
+    which the playbook refuses while a reader's route map comes from another release."""
+    return write_users(work / "users-without-readers.json", [u for u in USERS if u != READ_USER])
+
+
 def configure_stack(
-    testbed: Testbed, work: Path, outputs_file: Path | None = None, extra: tuple[str, ...] = ()
+    testbed: Testbed,
+    work: Path,
+    outputs_file: Path | None = None,
+    extra: tuple[str, ...] = (),
+    users: list[str] = USERS,
 ) -> Stack:
     """The hosts configured by a cold run, then a second run (which must change nothing)."""
     credentials_dir = work / "credentials"
-    users_file = work / "users.json"
-    users = [{"name": user, **({"role": ROLES[user]} if user in ROLES else {})} for user in USERS]
-    users_file.write_text(json.dumps({"mlflow_users": users}))
+    users_file = write_users(work / "users.json", users)
     configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
     configured.outputs_file, configured.extra = outputs_file, extra
     configured.cold = configured.configure().check()

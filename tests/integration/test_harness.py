@@ -91,10 +91,23 @@ def test_hosts_reach_package_mirrors_and_trust_the_machine_cas(testbed: Testbed)
 def test_outputs_file_has_the_stack_outputs_shape(testbed: Testbed) -> None:
     assert stat.S_IMODE(testbed.outputs_file.stat().st_mode) == 0o600
     outputs = json.loads(testbed.outputs_file.read_text())
+    # Each host's pinned SSH host key is the one the host presents (read over SSH, not from the
+    # harness's own copy).
+    presented = {
+        h.name: " ".join(h.ssh(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[:2])
+        for h in testbed.hosts
+    }
     assert outputs["hosts"] == [
-        {"name": h.name, "public_ip": h.ip, "private_ip": h.ip, "public_dns": f"{h.name}.test"}
+        {
+            "name": h.name,
+            "public_ip": h.ip,
+            "private_ip": h.ip,
+            "public_dns": f"{h.name}.test",
+            "ssh_host_key": presented[h.name],
+        }
         for h in testbed.hosts
     ]
+    assert all(key.startswith("ssh-ed25519 AAAA") for key in presented.values())
     assert outputs["ssh_user"] == "admin"
     assert outputs["ssh_private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert outputs["db_dsn"].startswith("postgresql://mlflow:")

@@ -25,13 +25,19 @@ REQUEST_COUNTER = "mlflow_http_request"  # prometheus_flask_exporter's, prefix "
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
 
-def _requests_counted(stack: Stack, host: Host) -> float:
-    """MLflow's request counter summed over every label (and so every worker)."""
+def _requests_counted(stack: Stack, host: Host, *, present: bool = True) -> float:
+    """MLflow's request counter summed over every label (and so every worker).
+
+    A labelled counter has no samples, so no family at all, until the server's processes have
+    answered an API request since they started: absent counts 0 unless `present` is required.
+    """
     response = stack.get(host, "/metrics", user=METRICS_USER)
     assert response.status_code == 200, response.text[:200]
     assert response.headers["Content-Type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
-    assert REQUEST_COUNTER in families, sorted(families)
+    if REQUEST_COUNTER not in families:
+        assert not present, sorted(families)
+        return 0.0
     counter = families[REQUEST_COUNTER]
     assert counter.type == "counter"
     return sum(s.value for s in counter.samples if s.name == f"{REQUEST_COUNTER}_total")
@@ -93,7 +99,7 @@ def test_metrics_parse_and_count_requests(stack: Stack) -> None:
     """Prometheus text; the request counter grows with traffic, summed over the workers."""
     host = stack.bed.hosts[0]
     workers = int(host.run(["sh", "-c", ". /etc/mlflow/mlflow.env; echo $MLFLOW_WORKERS"]).stdout)
-    before = _requests_counted(stack, host)
+    before = _requests_counted(stack, host, present=False)
     sent = 40
     with requests.Session() as session:  # keep-alive: nginx spreads them over the workers
         session.auth = ("team", stack.password("team"))
@@ -123,12 +129,15 @@ def test_nginx_status_counts_requests(stack: Stack) -> None:
 def test_prometheus_files_start_afresh_with_the_server(stack: Stack) -> None:
     """Multiprocess mode: the directory is emptied at every start, inside the sandbox."""
     host = stack.bed.hosts[1]
-    stack.get(host, SEARCH)
+    sent = 20
+    for _ in range(sent):
+        assert stack.get(host, SEARCH).status_code == 200
     stat = host.run(["stat", "-c", "%U %a", PROMETHEUS_DIR]).stdout.split()
     assert stat == ["mlflow", "700"]
     old = set(host.run(["find", PROMETHEUS_DIR, "-name", "*.db"]).stdout.split())
     assert old, "MLflow wrote no metrics files"
     counted = _requests_counted(stack, host)
+    assert counted >= sent
     started = time.monotonic()
     host.systemctl("restart", "mlflow")
     wait_serving(stack, host, timeout=120)
@@ -136,7 +145,9 @@ def test_prometheus_files_start_afresh_with_the_server(stack: Stack) -> None:
            f"{time.monotonic() - started:.1f} s")  # fmt: skip
     new = set(host.run(["find", PROMETHEUS_DIR, "-name", "*.db"]).stdout.split())
     assert not old & new, "files of the stopped processes survived the restart"
-    assert _requests_counted(stack, host) < counted, "the counters did not start afresh"
+    # Only the few calls of wait_serving since the restart, not the 20 before it.
+    afresh = _requests_counted(stack, host, present=False)
+    assert afresh < sent, f"the counters did not start afresh ({counted} before, {afresh} after)"
     unit = host.run(["systemctl", "show", "mlflow", "-p", "RuntimeDirectory"]).stdout
     assert "mlflow-metrics" in unit
 
@@ -158,14 +169,21 @@ def test_journal_is_capped(stack: Stack) -> None:
         limits = re.findall(r"(System|Runtime) Journal .* is .*, max ([\d.]+[KMG]), ", log)
         assert limits, log[-2000:]
         kind, cap = limits[-1]
-        assert cap == {"System": "500.0M", "Runtime": "64.0M"}[kind], limits[-1]
+        # systemd 252 (Debian 12) prints 500.0M, 257 (Debian 13) 500M: compare the numbers.
+        assert cap.endswith("M"), limits
+        assert float(cap[:-1]) == {"System": 500, "Runtime": 64}[kind], limits
         figure(f"{host.name}: journal {usage.stdout.strip()}; {kind.lower()} journal max {cap}")
 
 
 def test_nginx_logs_rotate_by_size(stack: Stack) -> None:
     host = stack.bed.hosts[1]
     debug = host.run(["logrotate", "--debug", "/etc/logrotate.d/nginx"])
-    assert "error" not in (debug.stdout + debug.stderr).lower(), debug.stderr
+    # logrotate reports config problems as "error: ..." lines (error.log is only a file name).
+    problems = [
+        line for line in (debug.stdout + debug.stderr).splitlines()
+        if line.lower().startswith("error") or ": error" in line.lower()
+    ]  # fmt: skip
+    assert not problems, debug.stdout + debug.stderr
     timer = host.run(["systemctl", "show", "logrotate.timer", "-p", "TimersCalendar"]).stdout
     assert "*-*-* *:00:00" in timer, timer  # hourly
     # A log over maxsize is rotated at the next run, and nginx goes on in a fresh file.

@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -344,10 +345,34 @@ def browser(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     chromium.close()
 
 
+ROUTES = json.loads((ROUTES_SCRIPT.parent / "mlflow_routes.json").read_text())["routes"]
+
+
+def route_access(method: str, url: str) -> str | None:
+    """read or write as the role's route map classifies the request; None: not routed at all."""
+    path = "/" + url.split("://", 1)[-1].split("/", 1)[-1].split("?")[0]
+    for route in ROUTES:
+        if route["method"] == method and re.fullmatch(route["pattern"], path):
+            return route["access"]
+    return None
+
+
 def settle(browser: Browser, seconds: float = 3) -> list[tuple[int, str, str]]:
-    """The page's requests once it stopped making new ones; the failed ones."""
+    """The page's failed requests once it stopped making new ones, minus those refused by design.
+
+    The UI also asks for what a reader is refused by design (MLflow's auth app's users/current,
+    not routed by this server; the assistant's providers, which run code): those must be 403s
+    from nginx, not reads, and the page must show no error for them.
+    """
     browser.pump(seconds)
-    return [r for r in browser.responses if r[0] >= 400]
+    failed = [r for r in browser.responses if r[0] >= 400]
+    by_design = [r for r in failed if r[0] == 403 and route_access(r[1], r[2]) != "read"]
+    if by_design:
+        figure("UI requests refused to the reader by design: " + ", ".join(
+            f"{method} {url.split('/', 3)[-1]} ({route_access(method, url) or 'not routed'})"
+            for _, method, url in by_design
+        ))  # fmt: skip
+    return [r for r in failed if r not in by_design]
 
 
 def test_ui_shows_a_reader_the_experiments_and_a_run(
@@ -373,10 +398,12 @@ def test_ui_shows_a_reader_the_experiments_and_a_run(
            f"{len(browser.responses)}, none refused; screenshots in {ARTIFACTS}")  # fmt: skip
 
 
-def click(browser: Browser, selector: str, timeout: float = 30) -> None:
-    """Click the element once it is on the page, as a user would (a real mouse click)."""
+def click(browser: Browser, selector: str, timeout: float = 30, text: str | None = None) -> None:
+    """Click the element once it is on the page, as a user would (a real mouse click); with
+    `text`, the first element matching `selector` whose visible text is exactly that."""
     deadline = time.monotonic() + timeout
-    find = f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null; e.scrollIntoView(); const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()"  # noqa: E501
+    pick = f"[...document.querySelectorAll({json.dumps(selector)})].find(e => {json.dumps(text)} === null || e.innerText.trim() === {json.dumps(text)})"  # noqa: E501
+    find = f"(() => {{ const e = {pick}; if (!e) return null; e.scrollIntoView(); const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()"  # noqa: E501
     while (point := browser.evaluate(find)) is None:
         if time.monotonic() > deadline:
             raise AssertionError(
@@ -397,12 +424,13 @@ def test_ui_refuses_a_readers_rename_with_mlflows_error(
     browser.wait_for_text("seen-by-the-reader")
     settle(browser, 2)
     before = database_and_bucket(stack)
+    browser.responses.clear()  # from here on: what the rename makes
     click(browser, "[data-testid=overflow-menu-trigger]")
     click(browser, "[data-testid=overflow-rename-button]")
     click(browser, "[data-testid=rename-modal-input]")
     browser.evaluate("document.querySelector('[data-testid=rename-modal-input]').select()")
     browser.call("Input.insertText", {"text": "renamed-by-a-reader"}, session=True)
-    click(browser, ".ant-modal-footer button.ant-btn-primary, [role=dialog] button[type=submit]")
+    click(browser, "[role=dialog] button", text="Save")
     text = browser.wait_for_text("read-only", timeout=30)
     browser.screenshot(ARTIFACTS / "rename-refused.png")
     refused = [r for r in browser.responses if r[0] == 403]

@@ -26,7 +26,7 @@ import pytest
 from standin import Host
 from standin.playbook import PlaybookRun, run_playbook
 from tests.integration.figures import figure
-from tests.integration.stack import PINNED_VERSION, STACK, Stack, wait_serving
+from tests.integration.stack import PINNED_VERSION, STACK, Stack, wait_serving, without_readers
 
 pytestmark = pytest.mark.integration
 
@@ -431,7 +431,9 @@ def test_guarded_upgrade(stack: Stack, client_env: None, tmp_path: Path) -> None
         first.systemctl("stop", "mlflow")
         second.systemctl("stop", "mlflow")
         stack.bed.query("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        old = configure(stack, "-e", f"mlflow_version={OLD_VERSION}", *limit).check()
+        writers = without_readers(tmp_path)  # the reader's route map is the pinned release's
+        old = configure(stack, "-e", f"@{writers}", "-e", f"mlflow_version={OLD_VERSION}", *limit)
+        old.check()
         assert served_version(stack, second) == OLD_VERSION
         old_revision = alembic_revision(stack)
         run_id = log_a_run(stack, second, tmp_path)

@@ -30,7 +30,14 @@ from standin.util import REPO_ROOT
 from tests.integration.balancer import DRAIN_SECONDS, Balancer
 from tests.integration.figures import figure
 from tests.integration.hammer import Hammer
-from tests.integration.stack import PINNED_VERSION, Stack, configure_stack, running_bed
+from tests.integration.stack import (
+    PINNED_VERSION,
+    READ_USER,
+    USERS,
+    Stack,
+    configure_stack,
+    running_bed,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.scale]
 
@@ -67,7 +74,9 @@ def scaled(bed: Testbed, balancer: Balancer, tmp_path_factory: pytest.TempPathFa
     outputs_file.write_text(json.dumps(check_names(bed.outputs() | balanced)))
     work = tmp_path_factory.mktemp("scaled")
     (work / "old.yml").write_text(f"mlflow_version: {OLD_VERSION}\n")
-    return configure_stack(bed, work, outputs_file, ("-e", f"@{work / 'old.yml'}"))
+    # No reader: the read-route map is derived from the pinned release, not the older one.
+    writers = [user for user in USERS if user != READ_USER]
+    return configure_stack(bed, work, outputs_file, ("-e", f"@{work / 'old.yml'}"), writers)
 
 
 def through(stack: Stack, balancer: Balancer, user: str = "team", **kwargs) -> requests.Response:
