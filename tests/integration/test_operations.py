@@ -12,6 +12,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,9 @@ def flat(result: subprocess.CompletedProcess[str]) -> str:
 def take_backup(stack: Stack) -> str:
     result = make(stack, "backup")
     assert result.returncode == 0, flat(result)[-3000:]
-    match = BACKUP_KEY.search(result.stdout)
-    assert match, result.stdout[-3000:]
-    return match.group(1)
+    keys = BACKUP_KEY.findall(result.stdout)
+    assert len(keys) == 1, result.stdout[-3000:]  # one host runs the job, one dump
+    return keys[0]
 
 
 def server_pids(stack: Stack) -> dict[str, str]:
@@ -213,6 +214,37 @@ def test_timers_on_exactly_one_host(stack: Stack) -> None:
     assert "mlflow" not in second.systemctl("list-timers", "--all").stdout
 
 
+JOB_UNITS = ("mlflow-backup.service", "mlflow-backup.timer", "mlflow-gc.service", "mlflow-gc.timer")
+
+
+def test_a_limited_run_leaves_the_jobs_on_the_first_host(stack: Stack) -> None:
+    """`--limit <second host>` (a replaced instance, a guarded upgrade): the jobs stay on the
+    inventory's first host, and the limited host loses a stale copy (as a run of a role that
+    took the first host of the play left it)."""
+    first, second = stack.bed.hosts
+    for unit in JOB_UNITS:
+        second.write_file(
+            f"/etc/systemd/system/{unit}", first.read_file(f"/etc/systemd/system/{unit}")
+        )
+    second.systemctl("daemon-reload")
+    second.systemctl("enable", "--now", "mlflow-backup.timer", "mlflow-gc.timer")
+    assert "mlflow-backup.timer" in second.systemctl("list-timers", "--all").stdout
+
+    started = time.monotonic()
+    run = stack.run_playbook("--limit", second.name, echo=False).check()
+    figure(
+        f"converge --limit {second.name} (jobs removed there): {time.monotonic() - started:.0f} s"
+    )
+
+    assert set(run.recap) == {second.name}
+    for unit in JOB_UNITS:
+        assert not unit_file_exists(second, unit), unit
+    assert not unit_file_exists(second, "timers.target.wants/mlflow-backup.timer")
+    assert "mlflow" not in second.systemctl("list-timers", "--all").stdout
+    for timer in ("mlflow-backup.timer", "mlflow-gc.timer"):
+        assert first.systemctl("is-active", timer).stdout.strip() == "active"
+
+
 def test_backup_timer_fires(stack: Stack) -> None:
     first = stack.bed.hosts[0]
     before = set(stack.bed.list_objects("backups/"))
@@ -243,11 +275,13 @@ def test_gc_purges_only_old_deletions(stack: Stack, client: Any, tmp_path: Path)
     stamp = time.time_ns()
     experiment = client.create_experiment(f"gc-{stamp}")
     doomed_experiment = client.create_experiment(f"gc-doomed-{stamp}")
+    held_experiment = client.create_experiment(f"gc-held-{stamp}")
     artifact = tmp_path / "artifact.txt"
     artifact.write_text("x" * 1000)
     runs = {}
     for name, exp in (("old", experiment), ("recent", experiment), ("live", experiment),
-                      ("in_doomed", doomed_experiment)):  # fmt: skip
+                      ("in_doomed", doomed_experiment), ("held_old", held_experiment),
+                      ("held_recent", held_experiment)):  # fmt: skip
         run_id = client.create_run(exp, run_name=name).info.run_id
         client.log_param(run_id, "name", name)
         client.log_artifact(run_id, str(artifact))
@@ -255,21 +289,32 @@ def test_gc_purges_only_old_deletions(stack: Stack, client: Any, tmp_path: Path)
         assert artifact_keys(stack, exp, run_id)
     client.delete_run(runs["old"][1])
     client.delete_run(runs["recent"][1])
-    client.delete_experiment(doomed_experiment)
-    # Deleted 31 days ago, as far as the database knows.
+    client.delete_experiment(doomed_experiment)  # its runs are deleted with it, at the same time
+    client.delete_experiment(held_experiment)
+    # Deleted 31 days ago, as far as the database knows: the runs, and the experiments with
+    # their runs (MLflow stamps both when an experiment is deleted).
     long_ago = int(time.time() * 1000) - 31 * DAY_MS
     stack.bed.query(
-        "UPDATE runs SET deleted_time = %s WHERE run_uuid = %s", (long_ago, runs["old"][1])
+        "UPDATE runs SET deleted_time = %s WHERE run_uuid = %s OR experiment_id IN (%s, %s)",
+        (long_ago, runs["old"][1], int(doomed_experiment), int(held_experiment)),
     )
     stack.bed.query(
-        "UPDATE experiments SET last_update_time = %s WHERE experiment_id = %s",
-        (long_ago, int(doomed_experiment)),
+        "UPDATE experiments SET last_update_time = %s WHERE experiment_id IN (%s, %s)",
+        (long_ago, int(doomed_experiment), int(held_experiment)),
     )
+    # A run of the experiment deleted long ago, restored and deleted again just now: mlflow gc
+    # alone would fail on it ("not older than the required age") at every tick for 30 days.
+    client.restore_run(runs["held_recent"][1])
+    client.delete_run(runs["held_recent"][1])
 
     first = stack.bed.hosts[0]
     started = time.monotonic()
     first.systemctl("start", "mlflow-gc.service")  # what the timer triggers
     seconds = time.monotonic() - started
+    assert (
+        first.systemctl("show", "-p", "Result", "--value", "mlflow-gc.service").stdout.strip()
+        == "success"
+    )
 
     def run_exists(name: str) -> bool:
         return bool(stack.bed.query("SELECT 1 FROM runs WHERE run_uuid = %s", (runs[name][1],)))
@@ -281,14 +326,23 @@ def test_gc_purges_only_old_deletions(stack: Stack, client: Any, tmp_path: Path)
     assert not stack.bed.query(
         "SELECT 1 FROM experiments WHERE experiment_id = %s", (int(doomed_experiment),)
     )
-    for name in ("recent", "live"):
+    # The held experiment waits for its recently deleted run; its old run is purged as any.
+    assert not run_exists("held_old")
+    assert not artifact_keys(stack, *runs["held_old"])
+    for name in ("recent", "live", "held_recent"):
         assert run_exists(name), name
         assert artifact_keys(stack, *runs[name]), name
     assert client.get_run(runs["live"][1]).data.params == {"name": "live"}
     assert client.get_run(runs["recent"][1]).info.lifecycle_stage == "deleted"
+    assert client.get_run(runs["held_recent"][1]).info.lifecycle_stage == "deleted"
+    assert client.get_experiment(held_experiment).lifecycle_stage == "deleted"
     journal = first.run(["journalctl", "-u", "mlflow-gc.service", "-o", "cat"]).stdout
     assert runs["old"][1] in journal
-    figure(f"gc (mlflow-gc.service): {seconds:.1f} s, 1 old run and 1 old experiment purged")
+    assert f"deleted experiment {held_experiment} (gc-held-{stamp}" in journal
+    figure(
+        f"gc (mlflow-gc.service): {seconds:.1f} s, 2 old runs and 1 old experiment purged, "
+        "1 experiment held for its younger run"
+    )
 
 
 def test_make_gc_runs_the_job(stack: Stack) -> None:
@@ -435,6 +489,10 @@ def test_rotate_db_drops_no_request_behind_a_balancer(
     outputs_file.touch(mode=0o600)
     outputs_file.write_text(json.dumps(behind))
     try:
+        # The stack behind the balancer, configured as such a stack is (its outputs' url is the
+        # balancer's): every host accepts the balancer's name as Host. Otherwise MLflow refuses
+        # the requests (403, "Invalid Host header") until the rotation's own run renames them.
+        replace(stack, outputs_file=outputs_file).configure(echo=False).check()
         # 1: from the master user to mlflow_a, every request through the balancer.
         started = time.monotonic()
         with Hammer(

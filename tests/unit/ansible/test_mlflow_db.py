@@ -180,6 +180,25 @@ def test_main_skips_an_empty_database(
     assert '"backup": null' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("30d", 30 * 86400_000), ("12h", 12 * 3600_000), ("1d12h", 36 * 3600_000),
+     ("90s", 90_000), ("1d2h3m4s", 93784_000)],
+)  # fmt: skip
+def test_gc_hold_reads_durations_as_mlflow_gc_does(text: str, ms: int) -> None:
+    assert backup.duration_ms(text) == ms
+
+
+def test_gc_hold_refuses_a_bad_duration_before_connecting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", URI)
+    monkeypatch.setattr(backup, "connect", lambda database: pytest.fail("connected"))
+    for bad in ("30", "d", "30days", "-1d", ""):
+        assert backup.main(["gc-hold", f"--older-than={bad}"]) == 1
+        assert "is not a duration like 30d" in capsys.readouterr().err
+
+
 def test_wait_returns_once_the_database_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     attempts = []
 

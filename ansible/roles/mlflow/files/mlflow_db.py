@@ -24,6 +24,9 @@ only the standard library plus psycopg2 and boto3 from MLflow's virtualenv.
         replaces every object the database user owns with the dump's, in ONE transaction
     python mlflow_db.py login --prepare mlflow_b | --retire mlflow_a   (JSON secrets on stdin)
         `make rotate-db`: the login roles MLflow uses, managed with the master user
+    python mlflow_db.py gc-hold --older-than 30d
+        before `mlflow gc` (the gc unit's ExecStartPre): a deleted experiment waits until
+        every run in it was deleted longer ago than that, so gc never fails on it
 
 `dump` streams `pg_dump --format=custom` (compressed) straight into S3; a failed pg_dump aborts
 the upload, so a backup object that exists is a complete dump. `restore` feeds
@@ -63,6 +66,13 @@ SCHEMA_TABLE = "alembic_version"
 REVISION_LINE = re.compile(r"""^revision\s*=\s*["']([0-9a-z_]+)["']""", re.MULTILINE)
 # down_revision is None (the first), a string, or a tuple of strings (a merge).
 DOWN_REVISION_LINE = re.compile(r"""(?:^down_revision\s*=\s*\(?|,)\s*["']([0-9a-z_]+)["']""", re.M)
+
+
+# mlflow gc --older-than's format (#d#h#m#s; the role checks it before it gets here).
+DURATION = re.compile(r"^(?=\d)(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# gc-hold also looks at experiments that become old this much later: mlflow gc reads its clock
+# a moment after gc-hold.
+HOLD_MARGIN_MS = 3600 * 1000
 
 
 class BackupError(Exception):
@@ -531,6 +541,15 @@ def prepare_login(database: Database, master: dict[str, str], role: str) -> dict
             if not cursor.fetchone():
                 cursor.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(owner))
             cursor.execute(sql.SQL("GRANT {} TO {}").format(owner, master_role))
+            # The owner of a table must be allowed to create in its schema. Since PostgreSQL 15
+            # `public` belongs to pg_database_owner (the master user, on RDS too) and PUBLIC may
+            # no longer create there: without this, the REASSIGN below and MLflow's later
+            # migrations (run as the owner role) are refused.
+            cursor.execute(
+                sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
+                    sql.Identifier(current_schema(cursor)), owner
+                )
+            )
             # MLflow's tables, created by the master user before the first rotation.
             cursor.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(master_role, owner))
             cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
@@ -545,6 +564,15 @@ def prepare_login(database: Database, master: dict[str, str], role: str) -> dict
     finally:
         connection.close()
     return {"login": role, "owner": OWNER_ROLE}
+
+
+def current_schema(cursor: Any) -> str:
+    """Where MLflow's tables are (the master user's search_path: `public`)."""
+    cursor.execute("SELECT current_schema()")
+    row = cursor.fetchone()
+    if not row or not row[0]:
+        raise BackupError("the master user's search_path names no existing schema")
+    return str(row[0])
 
 
 def retire_login(database: Database, master: dict[str, str], role: str) -> dict[str, Any]:
@@ -562,6 +590,100 @@ def retire_login(database: Database, master: dict[str, str], role: str) -> dict[
     finally:
         connection.close()
     return {"retired": role}
+
+
+# ---------------------------------------------------------------- mlflow gc's timer (gc-hold)
+
+
+def duration_ms(text: str) -> int:
+    """Milliseconds of a #d#h#m#s duration, as mlflow gc --older-than reads it."""
+    match = DURATION.match(text)
+    if not match:
+        raise BackupError(f"--older-than {text!r} is not a duration like 30d, 12h or 1d12h")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return (((days * 24 + hours) * 60 + minutes) * 60 + seconds) * 1000
+
+
+# Deleted experiments that are (or within the margin become) old enough for `mlflow gc
+# --older-than`, and still hold a run that is live, or deleted without a time (runs deleted
+# before MLflow recorded it), or deleted less long ago. mlflow gc would purge such an experiment
+# with all its runs, so it raises "Run ... is not older than the required age" instead, before
+# the experiments and after some runs: every tick, until that run is old enough (forever for a
+# run without deleted_time), and nothing else is collected meanwhile.
+HELD_EXPERIMENTS = """
+SELECT e.experiment_id, e.name, e.last_update_time,
+       count(*) FILTER (WHERE r.lifecycle_stage <> 'deleted') AS live,
+       count(*) FILTER (WHERE r.lifecycle_stage = 'deleted' AND r.deleted_time IS NULL),
+       max(r.deleted_time) FILTER (WHERE r.lifecycle_stage = 'deleted')
+FROM experiments e JOIN runs r ON r.experiment_id = e.experiment_id
+WHERE e.lifecycle_stage = 'deleted' AND e.last_update_time < %(soon_old)s
+GROUP BY e.experiment_id, e.name, e.last_update_time
+HAVING bool_or(r.lifecycle_stage <> 'deleted' OR r.deleted_time IS NULL
+               OR r.deleted_time > %(old)s)
+"""
+
+
+def hold_experiments(
+    database: Database, older_than: str, now_ms: int | None = None
+) -> dict[str, Any]:
+    """Make a deleted experiment count as deleted when its last run was: gc purges it (with
+    its runs) one period after that, never a run deleted less long ago, nor a live one.
+
+    Its last_update_time (what gc's age filter reads) becomes the latest deleted_time of its
+    runs; a deleted run without deleted_time gets now (its period starts); an experiment with
+    a live run (restored after the experiment was deleted) waits from now, again at each tick
+    while the run lives. Everything else is left to mlflow gc as it is.
+    """
+    period = duration_ms(older_than)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    bounds = {"old": now - period, "soon_old": now - period + HOLD_MARGIN_MS}
+    held = []
+    connection = connect(database)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(HELD_EXPERIMENTS, bounds)
+            for experiment_id, name, deleted, live, undated, latest in cursor.fetchall():
+                if undated:
+                    cursor.execute(
+                        "UPDATE runs SET deleted_time = %s WHERE experiment_id = %s"
+                        " AND lifecycle_stage = 'deleted' AND deleted_time IS NULL",
+                        (now, experiment_id),
+                    )
+                counted_from = now if live or undated else max(latest, deleted or 0)
+                cursor.execute(
+                    "UPDATE experiments SET last_update_time = %s WHERE experiment_id = %s",
+                    (counted_from, experiment_id),
+                )
+                reason = (
+                    f"{live} live run(s)" if live else
+                    f"{undated} run(s) deleted without a time" if undated else
+                    "a run deleted since"
+                )  # fmt: skip
+                held.append(
+                    {
+                        "experiment_id": str(experiment_id),
+                        "name": name,
+                        "deleted": iso_time(deleted),
+                        "reason": reason,
+                        "purged_after": iso_time(counted_from + period),
+                    }
+                )
+    finally:
+        connection.close()
+    for experiment in held:
+        print(
+            f"gc-hold: deleted experiment {experiment['experiment_id']} ({experiment['name']},"
+            f" deleted {experiment['deleted']}) holds {experiment['reason']}: it waits, purged"
+            f" after {experiment['purged_after']} at the earliest",
+            file=sys.stderr,
+        )
+    return {"held": held}
+
+
+def iso_time(millis: int | None) -> str:
+    if millis is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(millis / 1000))
 
 
 def s3_client() -> Any:
@@ -597,6 +719,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     action = login_parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--prepare", metavar="ROLE", help="give ROLE the new password")
     action.add_argument("--retire", metavar="ROLE", help="ROLE can no longer log in")
+    hold_parser = commands.add_parser(
+        "gc-hold", help="before mlflow gc: deleted experiments with younger runs wait"
+    )
+    hold_parser.add_argument("--older-than", required=True, help="mlflow gc's, e.g. 30d")
     return parser.parse_args(argv)
 
 
@@ -619,6 +745,9 @@ def run_database_command(args: argparse.Namespace) -> dict[str, Any] | None:
         if waited >= 1:
             print(f"the database answers (after {waited:.0f} s)", file=sys.stderr)
         return None
+    if args.command == "gc-hold":
+        duration_ms(args.older_than)  # a bad duration: an error before connecting
+        return hold_experiments(database, args.older_than)
     facts = server_facts(database)
     if args.command == "inspect":
         return inspect(args.file, facts["server_major"])
