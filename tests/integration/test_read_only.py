@@ -393,7 +393,7 @@ def test_ui_shows_a_reader_the_experiments_and_a_run(
     browser.screenshot(ARTIFACTS / "run.png")
     assert failed == []
     assert browser.evaluate(ALERTS) == ""
-    assert "read-only" not in text
+    assert f"user {READER} is read-only" not in text  # the experiment's name has "read-only"
     figure(f"UI as a reader: experiment list {requests_made} requests, run page "
            f"{len(browser.responses)}, none refused; screenshots in {ARTIFACTS}")  # fmt: skip
 
