@@ -84,6 +84,9 @@ class Pebble:
             "tlsPort": 443,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
+            # Let's Encrypt's shortlived profile (what the role asks for): 160 hours, not
+            # pebble's default 5 years (which no Mozilla configuration allows).
+            "certificateValidityPeriod": 160 * 3600,
         }}, indent=2))  # fmt: skip
         return config
 
