@@ -56,20 +56,33 @@ class Pebble:
         return self._directory_ca
 
     def _ensure_tls(self) -> None:
-        """A CA and, signed by it, the certificate of pebble's own HTTPS (the gateway's IP)."""
+        """A CA and, signed by it, the certificate of pebble's own HTTPS (the gateway's IP).
+
+        Both carry the extensions strict verifiers require (Python 3.13's default
+        VERIFY_X509_STRICT, which certbot on Debian 13 uses: a CA without keyUsage is refused).
+        Files made without them (an older state dir) are made again.
+        """
         key, cert = self.dir / "listener.key", self.dir / "listener.pem"
-        if cert.exists() and self._directory_ca.exists():
+        ext = self.dir / "listener.ext"
+        wanted = (
+            f"subjectAltName=IP:{self.gateway}\nbasicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n"
+        )
+        made = cert.exists() and self._directory_ca.exists() and ext.exists()
+        if made and ext.read_text() == wanted:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         ca_key = self.dir / "directory-ca.key"
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
              "-noenc", "-keyout", ca_key, "-out", self._directory_ca, "-days", "30",
-             "-subj", "/CN=mlflow-aws test ACME directory CA"])  # fmt: skip
+             "-subj", "/CN=mlflow-aws test ACME directory CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign"])  # fmt: skip
         csr = self.dir / "listener.csr"
         run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
              "-noenc", "-keyout", key, "-out", csr, "-subj", f"/CN={self.gateway}"])  # fmt: skip
-        ext = self.dir / "listener.ext"
-        ext.write_text(f"subjectAltName=IP:{self.gateway}\nextendedKeyUsage=serverAuth\n")
+        ext.write_text(wanted)
         run(["openssl", "x509", "-req", "-in", csr, "-CA", self._directory_ca, "-CAkey", ca_key,
              "-CAcreateserial", "-out", cert, "-days", "30", "-extfile", ext])  # fmt: skip
 
