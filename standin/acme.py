@@ -3,9 +3,12 @@
 Validation is real: pebble fetches HTTP-01 challenges from port 80 of the test hosts over the
 bed's bridge (no PEBBLE_VA_ALWAYS_VALID). Names resolve through pebble-challtestsrv's DNS,
 which answers only the A records a test adds. pebble's directory is HTTPS with a certificate of
-a throwaway CA made here (`directory_ca`: what the hosts' certbot must trust); the certificates
-pebble issues chain to a root it makes at each start (`root_pem()`: what clients must trust).
-Its files and logs live in the state dir; nothing is trusted outside the tests.
+a throwaway CA made here (`directory_ca`: what the hosts' certbot must trust; made on first use
+and kept while pebble is stopped, like an operator's CA file that does not vanish when the ACME
+server is down). The certificates pebble issues chain to a root it makes at each start
+(`root_pem()`: what clients must trust). Its files and logs live in the state dir; nothing is
+trusted outside the tests. HTTP goes through urllib: `python -m standin` runs on the system
+Python, which has no requests.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
-
-import requests
 
 from .slot import Slot
 from .util import HarnessError, process_alive, run, say, wait_for
@@ -41,26 +45,45 @@ class Pebble:
         self.dns_port = slot.acme_port + 2
         self.dns_management_port = slot.acme_port + 3
         self.directory_url = f"https://{self.gateway}:{self.port}/dir"
-        self.directory_ca = self.dir / "directory-ca.pem"
+        self._directory_ca = self.dir / "directory-ca.pem"
 
     # ----- files -------------------------------------------------------------------------
 
+    @property
+    def directory_ca(self) -> Path:
+        """The CA file of pebble's directory (HTTPS): exists whether pebble runs or not."""
+        self._ensure_tls()
+        return self._directory_ca
+
     def _ensure_tls(self) -> None:
-        """A CA and, signed by it, the certificate of pebble's own HTTPS (the gateway's IP)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """A CA and, signed by it, the certificate of pebble's own HTTPS (the gateway's IP).
+
+        Both carry the extensions strict verifiers require (Python 3.13's default
+        VERIFY_X509_STRICT, which certbot on Debian 13 uses: a CA without keyUsage is refused).
+        Files made without them (an older state dir) are made again.
+        """
         key, cert = self.dir / "listener.key", self.dir / "listener.pem"
-        if cert.exists() and self.directory_ca.exists():
+        ext = self.dir / "listener.ext"
+        wanted = (
+            f"subjectAltName=IP:{self.gateway}\nbasicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n"
+        )
+        made = cert.exists() and self._directory_ca.exists() and ext.exists()
+        if made and ext.read_text() == wanted:
             return
+        self.dir.mkdir(parents=True, exist_ok=True)
         ca_key = self.dir / "directory-ca.key"
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-noenc", "-keyout", ca_key, "-out", self.directory_ca, "-days", "30",
-             "-subj", "/CN=mlflow-aws test ACME directory CA"])  # fmt: skip
+             "-noenc", "-keyout", ca_key, "-out", self._directory_ca, "-days", "30",
+             "-subj", "/CN=mlflow-aws test ACME directory CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign"])  # fmt: skip
         csr = self.dir / "listener.csr"
         run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
              "-noenc", "-keyout", key, "-out", csr, "-subj", f"/CN={self.gateway}"])  # fmt: skip
-        ext = self.dir / "listener.ext"
-        ext.write_text(f"subjectAltName=IP:{self.gateway}\nextendedKeyUsage=serverAuth\n")
-        run(["openssl", "x509", "-req", "-in", csr, "-CA", self.directory_ca, "-CAkey", ca_key,
+        ext.write_text(wanted)
+        run(["openssl", "x509", "-req", "-in", csr, "-CA", self._directory_ca, "-CAkey", ca_key,
              "-CAcreateserial", "-out", cert, "-days", "30", "-extfile", ext])  # fmt: skip
 
     def _write_config(self) -> Path:
@@ -74,6 +97,9 @@ class Pebble:
             "tlsPort": 443,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
+            # Let's Encrypt's shortlived profile (what the role asks for): 160 hours, not
+            # pebble's default 5 years (which no Mozilla configuration allows).
+            "certificateValidityPeriod": 160 * 3600,
         }}, indent=2))  # fmt: skip
         return config
 
@@ -121,11 +147,28 @@ class Pebble:
             if self.pid(name) is None:
                 raise HarnessError(f"{name} exited; see {self.logs / (name + '.log')}")
         try:
-            requests.get(self.directory_url, verify=self.directory_ca, timeout=2).raise_for_status()
-            requests.get(self._dns_api("set-default-ipv4"), timeout=2)
-        except requests.RequestException:
+            self._request(self.directory_url, timeout=2)
+            self._request(self._dns_api("set-default-ipv4"), timeout=2, ok_if_error=True)
+        except (OSError, HarnessError):  # refused, timed out (URLError), or an HTTP error
             return False
         return True
+
+    def _request(
+        self, url: str, body: bytes | None = None, timeout: float = 5, ok_if_error: bool = False
+    ) -> str:
+        """GET (or POST `body` as JSON) with pebble's directory CA trusted; the body as text."""
+        if not url.startswith(("https://", "http://")):
+            raise HarnessError(f"not an HTTP(S) URL: {url}")
+        context = ssl.create_default_context(cafile=self._directory_ca)
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        request = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310 (checked)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+                return response.read().decode()
+        except urllib.error.HTTPError as error:  # the server answers: enough for a probe
+            if ok_if_error:
+                return ""
+            raise HarnessError(f"{url}: HTTP {error.code} {error.reason}") from error
 
     def stop(self, name: str | None = None) -> None:
         """Stop pebble and the DNS stub (or only `name`); idempotent."""
@@ -146,16 +189,9 @@ class Pebble:
 
     def add_a(self, name: str, address: str) -> None:
         """Answer A queries for `name` with `address` (pebble resolves names through this)."""
-        response = requests.post(
-            self._dns_api("add-a"),
-            json={"host": name.rstrip(".") + ".", "addresses": [address]},
-            timeout=5,
-        )
-        response.raise_for_status()
+        body = {"host": name.rstrip(".") + ".", "addresses": [address]}
+        self._request(self._dns_api("add-a"), json.dumps(body).encode())
 
     def root_pem(self) -> str:
         """The root of the certificates this pebble run issues (new at every start)."""
-        url = f"https://{self.gateway}:{self.management_port}/roots/0"
-        response = requests.get(url, verify=self.directory_ca, timeout=5)
-        response.raise_for_status()
-        return response.text
+        return self._request(f"https://{self.gateway}:{self.management_port}/roots/0")
