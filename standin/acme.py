@@ -97,9 +97,15 @@ class Pebble:
             "tlsPort": 443,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
-            # Let's Encrypt's shortlived profile (what the role asks for): 160 hours, not
-            # pebble's default 5 years (which no Mozilla configuration allows).
-            "certificateValidityPeriod": 160 * 3600,
+            # Let's Encrypt's profiles: shortlived (what the role asks for by default, the only
+            # one for IP addresses) 160 hours, with no subject CN like Let's Encrypt's; classic
+            # 90 days. The default (no profile asked) is short too: pebble's own default of
+            # 5 years is allowed by no Mozilla configuration.
+            "profiles": {
+                "default": {"description": "160 hours", "validityPeriod": 160 * 3600},
+                "shortlived": {"description": "160 hours", "validityPeriod": 160 * 3600},
+                "classic": {"description": "90 days", "validityPeriod": 90 * 86400},
+            },
         }}, indent=2))  # fmt: skip
         return config
 

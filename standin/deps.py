@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -31,8 +32,28 @@ REQUIRED_COMMANDS = (
 )
 
 
+def pinned_pebble_version() -> str:
+    """The pebble release .ci/install-test-deps.sh pins (certificate profiles; why: see there)."""
+    found = re.search(r"^PEBBLE_VERSION=(\S+)$", INSTALL_SCRIPT.read_text(), re.MULTILINE)
+    if not found:
+        raise HarnessError(f"{INSTALL_SCRIPT} pins no PEBBLE_VERSION")
+    return found.group(1)
+
+
 def missing_commands() -> list[str]:
-    return [cmd for cmd in REQUIRED_COMMANDS if shutil.which(cmd) is None]
+    """Commands not on PATH, plus pebble when it is not the pinned release."""
+    missing = [cmd for cmd in REQUIRED_COMMANDS if shutil.which(cmd) is None]
+    if "pebble" not in missing and (have := _pebble_version()) != pinned_pebble_version():
+        missing.append(f"pebble {pinned_pebble_version()} (have {have or 'none'})")
+    return missing
+
+
+def _pebble_version() -> str:
+    """The installed pebble package's version ('' when dpkg does not know it)."""
+    if shutil.which("dpkg-query") is None:
+        return ""
+    result = run(["dpkg-query", "-W", "-f=${Version}", "pebble"], check=False)
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def kernel_problems() -> list[str]:

@@ -60,3 +60,14 @@ def test_pruning_drops_old_bases_of_the_same_kind_only(tmp_path: Path) -> None:
     assert not same.exists()
     assert bookworm.exists()
     assert database.exists()
+
+
+def test_a_base_with_extra_packages_is_made_from_the_plain_base_of_its_release(
+    tmp_path: Path,
+) -> None:
+    """One debootstrap per release: the PostgreSQL tree copies the hosts' base, then installs."""
+    tree, plain = BaseImage(tmp_path, extra_packages=("postgresql-17",)), BaseImage(tmp_path)
+    assert plain.parent is None
+    assert tree.parent is not None
+    assert tree.parent.recipe_hash == plain.recipe_hash
+    assert BaseImage(tmp_path, debian=12, extra_packages=("x",)).parent.suite == "bookworm"  # type: ignore[union-attr]
