@@ -147,9 +147,9 @@ test-unit: $(BIN)/.dev-installed $(ROUTES_VENV)/.installed ## Unit tests only (n
 	$(BIN)/pytest tests/unit -q
 
 test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (Linux, root; MLFLOW_AWS_TESTBED_SLOT=N)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m "integration and not scale"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m "integration and not scale" --durations=30
 	@# Its own session: three hosts behind a stand-in load balancer, after the two-host bed is down.
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m scale
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m scale --durations=10
 
 test: lint test-unit test-integration molecule ## Everything CI runs: lint, unit, end-to-end and molecule tests
 

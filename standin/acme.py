@@ -135,7 +135,7 @@ class Pebble:
         self._ensure_tls()
         if self.pid("challtestsrv") is None:
             self._spawn("challtestsrv", [
-                "pebble-challtestsrv", "-dns01", f"{self.gateway}:{self.dns_port}",
+                "pebble-challtestsrv", "-dnsserver", f"{self.gateway}:{self.dns_port}", "-doh", "",
                 "-http01", "", "-https01", "", "-tlsalpn01", "",
                 "-management", f"{self.gateway}:{self.dns_management_port}",
                 "-defaultIPv4", "", "-defaultIPv6", "",
