@@ -69,11 +69,16 @@ def leaks(text: str, secrets: Secrets) -> list[str]:
 # ----- TLS ---------------------------------------------------------------------------------
 
 
-def sslyze_issues(host: Host, ca_file: Path) -> tuple[int, list[str]]:
-    """sslyze's Mozilla intermediate check: exit status and the issues it lists."""
+def sslyze_issues(host: Host, ca_file: Path, by_ip: bool = False) -> tuple[int, list[str]]:
+    """sslyze's Mozilla intermediate check: exit status and the issues it lists.
+
+    The host is reached by its name, or `by_ip` by its address alone: sslyze then validates the
+    certificate for the IP address (an ACME certificate for the host's IP names nothing else).
+    """
+    target = f"{host.ip}:443" if by_ip else f"{host.dns_name}:443{{{host.ip}}}"
     result = subprocess.run(
         [str(VENV_BIN / "sslyze"), "--mozilla_config=intermediate",
-         f"--certinfo_ca_file={ca_file}", f"{host.dns_name}:443{{{host.ip}}}"],
+         f"--certinfo_ca_file={ca_file}", target],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     compliance = result.stdout.split("COMPLIANCE AGAINST TLS CONFIGURATION")[-1]
