@@ -3,7 +3,8 @@
 No driver, no browser download: chromium talks CDP over two pipes (--remote-debugging-pipe, file
 descriptors 3 and 4, messages are JSON separated by NUL bytes). Credentials travel in an
 Authorization header set through CDP, never in a URL; the test server's self-signed certificate
-is trusted by its public key hash (--ignore-certificate-errors-spki-list), nothing else.
+is trusted by its public key hash (--ignore-certificate-errors-spki-list), nothing else, or,
+for a CA-issued certificate, the CA through the NSS database in the browser's HOME.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class BrowserError(Exception):
 class Browser:
     """One headless chromium with one page; `responses` records (status, method, url) seen."""
 
-    def __init__(self, profile: Path, trusted_cert: Path) -> None:
+    def __init__(self, profile: Path, trusted_cert: Path | None, home: Path | None = None) -> None:
+        """`trusted_cert`: a self-signed certificate trusted by its key (None: only CAs are);
+        `home`: HOME of the browser, whose NSS database (.pki/nssdb) holds the CAs it trusts."""
         binary = shutil.which("chromium")
         if binary is None:
             raise BrowserError("chromium is missing: bash .ci/install-test-deps.sh installs it")
@@ -64,12 +67,14 @@ class Browser:
             os.dup2(read_end, 3)
             os.dup2(write_end, 4)
 
-        flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                 f"--ignore-certificate-errors-spki-list={spki_hash(trusted_cert)}"]  # fmt: skip
+        flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+        if trusted_cert is not None:
+            flags.append(f"--ignore-certificate-errors-spki-list={spki_hash(trusted_cert)}")
+        env = {"HOME": str(home), "PATH": os.environ["PATH"]} if home else None
         self.process = subprocess.Popen(
             [binary, *flags, "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=False, preexec_fn=onto_3_and_4,
+            close_fds=False, preexec_fn=onto_3_and_4, env=env,
         )  # fmt: skip
         os.close(to_browser_r)
         os.close(from_browser_w)
