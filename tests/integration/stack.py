@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,3 +146,19 @@ def wait_serving(stack: Stack, host: Host, timeout: float) -> float:
             pass
         time.sleep(0.2)
     raise AssertionError(f"{host.name} not serving within {timeout} s")
+
+
+def raw_request(stack: Stack, host: Host, user: str, method: str, target: str) -> tuple[int, str]:
+    """One request exactly as spelled (requests and urllib3 would normalise the path)."""
+    context = ssl.create_default_context(cafile=str(stack.cert(host)))
+    connection = http.client.HTTPSConnection(host.ip, 443, context=context, timeout=30)
+    credentials = f"{user}:{stack.password(user)}".encode()
+    headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+    body = '{"max_results": 1}' if method in ("POST", "PUT", "PATCH") else None
+    if body:
+        headers["Content-Type"] = "application/json"
+    connection.request(method, target, body=body, headers=headers)
+    response = connection.getresponse()
+    text = response.read().decode(errors="replace")
+    connection.close()
+    return response.status, text

@@ -2,18 +2,17 @@
 
 User viewer of the session's test stack (stack.py, ROLES) against the first host, with the data a
 writer (team) logged: every read the client makes succeeds; every write answers 403 from nginx
-(MLflow never sees it) and the database and the bucket are exactly as before.
+(MLflow never sees it) and the database and the bucket are exactly as before. That a reader keeps
+its role and the fast path through a rotation is checked by test_e2e.py's rotation test (the
+same converge rotates alice, a writer, and viewer).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import http.client
 import json
 import os
 import re
-import ssl
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from standin import Host
 from standin.util import REPO_ROOT
 from tests.integration.browser import Browser
 from tests.integration.figures import figure
-from tests.integration.stack import STACK, Stack
+from tests.integration.stack import STACK, Stack, raw_request
 
 pytestmark = pytest.mark.integration
 
@@ -182,22 +181,6 @@ def test_reader_writes_are_refused_and_change_nothing(
     assert database_and_bucket(stack) == before
 
 
-def raw_request(stack: Stack, host: Host, user: str, method: str, target: str) -> tuple[int, str]:
-    """One request exactly as spelled (requests and urllib3 would normalise the path)."""
-    context = ssl.create_default_context(cafile=str(stack.cert(host)))
-    connection = http.client.HTTPSConnection(host.ip, 443, context=context, timeout=30)
-    credentials = f"{user}:{stack.password(user)}".encode()
-    headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
-    body = '{"max_results": 1}' if method in ("POST", "PUT", "PATCH") else None
-    if body:
-        headers["Content-Type"] = "application/json"
-    connection.request(method, target, body=body, headers=headers)
-    response = connection.getresponse()
-    text = response.read().decode(errors="replace")
-    connection.close()
-    return response.status, text
-
-
 ODD_SPELLINGS = [
     ("POST", "//api/2.0/mlflow/experiments/create"),
     ("POST", "/api/2.0//mlflow/experiments/create"),
@@ -303,28 +286,6 @@ def test_make_credentials_works_for_a_reader(stack: Stack) -> None:
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()  # fmt: skip
     assert out == ["True", "refused"]
-
-
-def test_a_reader_keeps_the_role_and_the_fast_path_after_a_rotation(stack: Stack) -> None:
-    host = stack.bed.hosts[0]
-    old = stack.password(READER)
-    (stack.stack_dir / "users" / f"{READER}.password").unlink()  # `make rotate USER=viewer`
-    rotation = stack.configure(echo=False).check()
-    assert rotation.changed()[host.name] >= 1
-    assert stack.password(READER) != old
-    search = "/api/2.0/mlflow/experiments/search"
-    # The htpasswd file emptied: only the fast path (the digest map) knows the new password.
-    htpasswd = "/etc/nginx/mlflow/htpasswd"
-    saved = host.read_file(htpasswd)
-    host.run(["sh", "-c", f"cp -p {htpasswd} {htpasswd}.new && : > {htpasswd}.new && "
-              f"mv {htpasswd}.new {htpasswd}"])  # fmt: skip
-    try:
-        assert raw_request(stack, host, READER, "POST", search)[0] == 200
-        status, text = raw_request(stack, host, READER, "POST", search.replace("search", "create"))
-        assert (status, "read-only" in text) == (403, True)
-    finally:
-        host.write_file(htpasswd, saved, mode="0640")
-        host.run(["chgrp", "www-data", htpasswd])
 
 
 # ----- the UI, in headless Chromium ---------------------------------------------------------
