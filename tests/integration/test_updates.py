@@ -78,7 +78,7 @@ def test_library_update_restarts_mlflow_and_nginx_on_the_next_run_only(stack: St
     # List-only: still the same processes.
     assert {unit: main_pid(host, unit) for unit in before} == before
 
-    run = stack.configure(echo=False).check()
+    run = stack.run_playbook("--limit", host.name, echo=False).check()  # the updated host
     assert run.changed()[host.name] >= 1
     after = {unit: main_pid(host, unit) for unit in before}
     assert after["mlflow"] != before["mlflow"]
