@@ -202,7 +202,8 @@ def test_rolling_upgrade_migrates_once_and_drops_no_request(
     assert configure_plays(upgrade) == 1
     assert restart_batches(upgrade) == HOSTS
     installed = re.findall(r"TASK \[mlflow : Install MLflow.*\*+\n(?:changed: .*\n)+", output)
-    assert len(installed) == 1 and installed[0].count("changed: ") == HOSTS, installed
+    assert len(installed) == 1, installed
+    assert installed[0].count("changed: ") == HOSTS, installed
     # One migration (and one backup), before the first host restarts on the new release.
     migrations = re.findall(r"TASK \[mlflow : Upgrade the database schema.*\*+\nchanged: ", output)
     assert len(migrations) == 1
