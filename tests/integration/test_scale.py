@@ -92,8 +92,10 @@ def configure_plays(run: PlaybookRun) -> int:
 
 
 def restart_batches(run: PlaybookRun) -> int:
-    """Batches of the restart play (Ansible prints the play's banner once per batch)."""
-    return run.output.count(RESTART_PLAY)
+    """Batches of the restart play: Ansible prints its banner once per batch, and once followed
+    by "skipping: no hosts matched" when no host must restart (not a batch)."""
+    banner = re.escape(RESTART_PLAY) + r" \**\n+(?!\n|skipping: no hosts matched)"
+    return len(re.findall(banner, run.output))
 
 
 def mlflow_pid(host: Host) -> str:
