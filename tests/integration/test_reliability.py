@@ -463,7 +463,7 @@ def test_guarded_upgrade(stack: Stack, client_env: None, tmp_path: Path) -> None
             "TASK [mlflow : Dump the database",
             "TASK [mlflow : Upgrade the database schema",
             "TASK [mlflow : Switch the serving release",
-            "RUNNING HANDLER [systemd : Restart MLflow]",
+            "TASK [systemd : Restart MLflow]",
         ), upgrade.output[-4000:]
         assert served_version(stack, second) == PINNED_VERSION
         assert serving_venv(second) == f"/opt/mlflow/venv-{PINNED_VERSION}"
