@@ -413,3 +413,57 @@ def test_dump_revision_refuses_what_is_not_a_dump(tmp_path: Path) -> None:
     path.chmod(0o755)
     with pytest.raises(backup.BackupError, match=r"not a pg_dump archive .*valid archive"):
         backup.dump_revision(str(path), "dump")
+
+
+class FakeConnection:
+    """A psycopg2 connection whose REASSIGN fails with the given errors first."""
+
+    def __init__(self, owned: int, failures: list[Exception]) -> None:
+        self.owned, self.failures, self.statements = owned, failures, []
+
+    def __enter__(self) -> FakeConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def cursor(self) -> FakeConnection:
+        return self
+
+    def execute(self, statement: Any, params: Any = None) -> None:
+        text = statement if isinstance(statement, str) else repr(statement)
+        self.statements.append(text)
+        if "REASSIGN" in text and self.failures:
+            raise self.failures.pop(0)
+
+    def fetchone(self) -> tuple[int]:
+        return (self.owned,)
+
+
+def test_tables_handed_over_already_take_no_lock() -> None:
+    connection = FakeConnection(owned=0, failures=[])
+    backup.hand_over_tables(connection, "master")
+    assert not any("REASSIGN" in s or "lock_timeout" in s for s in connection.statements)
+
+
+def test_handover_waits_briefly_for_each_lock_and_starts_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from psycopg2 import errors
+
+    monkeypatch.setattr(backup.time, "sleep", lambda _s: None)
+    connection = FakeConnection(
+        owned=3, failures=[errors.LockNotAvailable(), errors.DeadlockDetected()]
+    )
+    backup.hand_over_tables(connection, "master")
+    assert sum("REASSIGN" in s for s in connection.statements) == 3
+    assert sum("lock_timeout" in s for s in connection.statements) == 3
+
+
+def test_handover_gives_up_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from psycopg2 import errors
+
+    monkeypatch.setattr(backup.time, "sleep", lambda _s: None)
+    failures = [errors.LockNotAvailable() for _ in range(backup.HANDOVER_ATTEMPTS)]
+    with pytest.raises(backup.BackupError, match=r"stayed busy.*nothing was changed"):
+        backup.hand_over_tables(FakeConnection(owned=3, failures=failures), "master")

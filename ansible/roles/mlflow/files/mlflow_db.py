@@ -61,6 +61,9 @@ BACKUP_SUFFIX = ".pgdump"
 # MLflow's objects (each login's sessions act as the owner: ALTER ROLE ... SET role).
 OWNER_ROLE = "mlflow_owner"
 LOGIN_ROLES = ("mlflow_a", "mlflow_b")
+# The first rotation hands the tables over while MLflow serves: see hand_over_tables.
+HANDOVER_LOCK_WAIT = "100ms"
+HANDOVER_ATTEMPTS = 150
 # MLflow's schema exists once `mlflow db upgrade` ran at least once.
 SCHEMA_TABLE = "alembic_version"
 REVISION_LINE = re.compile(r"""^revision\s*=\s*["']([0-9a-z_]+)["']""", re.MULTILINE)
@@ -550,8 +553,8 @@ def prepare_login(database: Database, master: dict[str, str], role: str) -> dict
                     sql.Identifier(current_schema(cursor)), owner
                 )
             )
-            # MLflow's tables, created by the master user before the first rotation.
-            cursor.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(master_role, owner))
+        hand_over_tables(connection, master["master_user"])
+        with connection, connection.cursor() as cursor:
             cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
             verb = "ALTER" if cursor.fetchone() else "CREATE"
             cursor.execute(
@@ -564,6 +567,42 @@ def prepare_login(database: Database, master: dict[str, str], role: str) -> dict
     finally:
         connection.close()
     return {"login": role, "owner": OWNER_ROLE}
+
+
+def hand_over_tables(connection: Any, master_user: str) -> None:
+    """MLflow's tables, created by the master user, move to the owner role (the first rotation).
+
+    MLflow may be serving as the master user meanwhile. REASSIGN takes each table's exclusive lock
+    in turn, and a request holding a shared lock on one table while it waits for another would
+    deadlock with it: so wait at most HANDOVER_LOCK_WAIT for each lock and start over. A request
+    then waits that long at most, well below PostgreSQL's deadlock check (1 s), and never fails.
+    """
+    from psycopg2 import errors, sql
+
+    for _attempt in range(HANDOVER_ATTEMPTS):
+        try:
+            with connection, connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_class"
+                    " WHERE relnamespace = current_schema()::regnamespace"
+                    " AND relowner = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+                    (master_user,),
+                )
+                if not cursor.fetchone()[0]:
+                    return  # handed over by an earlier rotation: no lock taken
+                cursor.execute("SET LOCAL lock_timeout = %s", (HANDOVER_LOCK_WAIT,))
+                cursor.execute(
+                    sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+                        sql.Identifier(master_user), sql.Identifier(OWNER_ROLE)
+                    )
+                )
+            return
+        except (errors.LockNotAvailable, errors.DeadlockDetected):
+            time.sleep(0.2)
+    raise BackupError(
+        f"MLflow's tables stayed busy through {HANDOVER_ATTEMPTS} tries to hand them to "
+        f"{OWNER_ROLE}; nothing was changed. Run it again when the server is less busy"
+    )
 
 
 def current_schema(cursor: Any) -> str:
