@@ -191,7 +191,8 @@ def test_stop_and_start_keep_the_state(testbed: Testbed) -> None:
 
 def test_kill_a_process_inside(testbed: Testbed) -> None:
     host = testbed.hosts[0]
-    host.run(["systemd-run", "--unit=harness-sleep", "sleep", "600"])
+    # Type=exec: systemd-run returns once sleep runs, not while it is still being forked.
+    host.run(["systemd-run", "--unit=harness-sleep", "--service-type=exec", "sleep", "600"])
     assert host.kill("sleep", "KILL") == 1
     host.run(["sh", "-c", "while systemctl is-active -q harness-sleep; do sleep 0.1; done"])
     host.run(["systemctl", "reset-failed", "harness-sleep"], check=False)
