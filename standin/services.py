@@ -184,8 +184,10 @@ class Postgres:
         self.start()
         # The password goes through stdin, never a command line (process listings).
         self.admin_sql(
-            # Like RDS's master user: not a superuser, but may create roles and databases.
+            # Like RDS's master user: not a superuser, but may create roles and databases, and
+            # (as rds_superuser does) see every session in pg_stat_activity.
             f"CREATE ROLE {PG_USER} LOGIN CREATEROLE CREATEDB PASSWORD '{self.password}';\n"
+            f"GRANT pg_read_all_stats TO {PG_USER};\n"
             f"CREATE DATABASE {PG_DB} OWNER {PG_USER};\n"
         )
 

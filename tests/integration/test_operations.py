@@ -463,7 +463,10 @@ def gap_seconds(hammer: Hammer) -> float:
 
 
 def host_logins(stack: Stack) -> set[str]:
-    """Database users of the sessions the hosts hold now."""
+    """Database users of the sessions the hosts hold now (each host asked once first, so that
+    it holds one)."""
+    for host in stack.bed.hosts:
+        assert stack.get(host, "/api/2.0/mlflow/experiments/search?max_results=1").ok
     rows = stack.bed.query(
         "SELECT DISTINCT usename FROM pg_stat_activity WHERE client_addr <<= %s::inet",
         (stack.bed.slot.subnet,),
