@@ -22,7 +22,7 @@ ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
 ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
 
 .PHONY: help infra preview destroy outputs configure rotate rotate-db backup backups restore gc \
-	credentials verify demo demo-down lint docs test test-unit test-integration molecule bench \
+	credentials verify demo demo-down lint docs test test-unit test-images test-integration molecule bench \
 	example clean read-routes
 
 help: ## List the targets
@@ -151,7 +151,14 @@ test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (
 	@# Its own session: three hosts behind a stand-in load balancer, after the two-host bed is down.
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m scale --durations=10
 
-test: lint test-unit test-integration molecule ## Everything CI runs: lint, unit, end-to-end and molecule tests
+test-images: $(BIN)/.dev-installed ## Build (or find) the trees the test hosts boot (root; minutes on a fresh machine)
+	$(BIN)/python -m standin build-images
+
+# The test hosts' trees (debootstrap: minutes on a fresh machine) build while lint and the unit
+# tests run; each step's output is printed whole when it ends.
+test: $(BIN)/.dev-installed ## Everything CI runs: lint, unit, end-to-end and molecule tests
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint test-unit test-images
+	@$(MAKE) --no-print-directory test-integration molecule
 
 molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, verify on a test host
 	@# destroy, syntax, create, converge, idempotence, verify, destroy: ansible/molecule/default.

@@ -7,7 +7,9 @@ import json
 import os
 import sys
 
+from . import deps
 from .rootfs import DEFAULT_DEBIAN, SUITES, BaseImage
+from .services import postgres_base
 from .slot import ENV_VAR
 from .testbed import Testbed
 from .util import HarnessError, say
@@ -32,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     commands.add_parser("down", help="stop and remove everything up started")
     commands.add_parser("status", help="print state, health and leftovers as JSON")
     commands.add_parser("build-base", help="only build (or find) the cached base rootfs")
+    commands.add_parser(
+        "build-images",
+        help="build (or find) every tree the tests boot: Debian 13 and 12, the PostgreSQL tree",
+    )
     for name, what in (("ssh", "ssh in as admin"), ("run", "run a command as root inside")):
         sub = commands.add_parser(name, help=what)
         sub.add_argument("host", help="host name or number")
@@ -63,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         testbed.down()
     elif command == "build-base":
         print(BaseImage(debian=args.debian).ensure())
+    elif command == "build-images":
+        deps.require_ready()
+        for image in (BaseImage(debian=13), postgres_base(), BaseImage(debian=12)):
+            print(image.ensure())
     elif command == "status":
         report = {"slot": slot.number, "state": testbed.state(), "resources": testbed.leftovers()}
         if testbed.is_up():
