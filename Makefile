@@ -21,8 +21,9 @@ ANSIBLE_PLAYBOOK := cd ansible && ../$(BIN)/ansible-playbook
 # USER is set by every login shell; only a USER given on the make command line picks a user.
 ROTATE_USER := $(if $(filter command line,$(origin USER)),$(USER),)
 
-.PHONY: help infra preview destroy outputs configure rotate credentials demo demo-down \
-	lint docs test test-unit test-integration molecule bench example clean
+.PHONY: help infra preview destroy outputs configure rotate rotate-db backup backups restore gc \
+	credentials verify demo demo-down lint docs test test-unit test-images test-integration molecule bench \
+	example clean read-routes
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,8 +71,27 @@ rotate: $(BIN)/.deploy-installed ## New passwords for all users (or USER=name), 
 	@$(BIN)/python -m inventory_plugin.credentials --forget $(if $(ROTATE_USER),--user $(ROTATE_USER),--all-users)
 	$(ANSIBLE_PLAYBOOK) site.yml
 
+rotate-db: $(BIN)/.deploy-installed ## New database password for MLflow, on every host, without downtime
+	$(ANSIBLE_PLAYBOOK) rotate_db.yml
+
+backup: $(BIN)/.deploy-installed ## Back the database up now (the daily backup's unit), print its S3 key
+	$(ANSIBLE_PLAYBOOK) backup.yml
+
+backups: $(BIN)/.deploy-installed ## List the database backups in the bucket (oldest first)
+	$(ANSIBLE_PLAYBOOK) backups.yml
+
+# BACKUP and CONFIRM go to Ansible as JSON strings: no quoting surprises from the shell.
+restore: $(BIN)/.deploy-installed ## Restore the database: BACKUP=<key>|latest CONFIRM=yes (stops MLflow meanwhile)
+	$(ANSIBLE_PLAYBOOK) restore.yml -e '$(subst ','"'"',{"mlflow_restore_backup": "$(subst ",,$(BACKUP))", "mlflow_restore_confirm": "$(subst ",,$(CONFIRM))"})'
+
+gc: $(BIN)/.deploy-installed ## Purge runs/experiments deleted over mlflow_gc_older_than ago, artifacts included
+	$(ANSIBLE_PLAYBOOK) gc.yml
+
 credentials: $(BIN)/.deploy-installed ## Print the export lines a client needs (USER=name for another user)
 	@$(BIN)/python -m inventory_plugin.credentials $(if $(ROTATE_USER),--user $(ROTATE_USER),)
+
+verify: $(BIN)/.deploy-installed ## Check the stack from outside: health, TLS, logins, a run round-trips
+	@$(BIN)/python -m inventory_plugin.verify
 
 # NAME is checked before anything is installed; ARGS go to the script (e.g. ARGS="--experiment x").
 # No usage telemetry: the client talks to your server only.
@@ -91,10 +111,31 @@ demo: $(BIN)/.dev-installed ## Local demo (Linux, root): a test host with the wh
 demo-down: $(BIN)/.dev-installed ## Remove everything `make demo` created
 	@$(BIN)/python -m standin.demo down
 
+# --- read-only users ------------------------------------------------------------------------------
+# The requests users with role `read` may make come from the pinned MLflow release's own route
+# table: after changing mlflow_version, this installs that release aside and rewrites the table.
+ROUTES_VENV := .cache/mlflow-routes-venv
+ROUTES_SCRIPT := ansible/roles/nginx_basic_auth/files/mlflow_routes.py
+MLFLOW_PINNED = $(shell sed -n 's/^mlflow_version: *"\(.*\)"/\1/p' ansible/roles/mlflow/defaults/main.yml)
+
+# The pinned release in a virtualenv of its own (full mlflow: numpy, pandas...; the deploy venv
+# needs none of that). The unit tests read its route table too.
+$(ROUTES_VENV)/.installed: ansible/roles/mlflow/defaults/main.yml
+	@test -x $(ROUTES_VENV)/bin/python || $(PYTHON) -m venv $(ROUTES_VENV)
+	@echo ">> installing mlflow==$(MLFLOW_PINNED) into $(ROUTES_VENV) (its route table)"
+	@$(ROUTES_VENV)/bin/pip install --quiet --disable-pip-version-check "mlflow==$(MLFLOW_PINNED)"
+	@touch $@
+
+read-routes: $(ROUTES_VENV)/.installed ## Rewrite the read-only users' route table from the pinned MLflow (after an upgrade)
+	$(ROUTES_VENV)/bin/python $(ROUTES_SCRIPT)
+	@git --no-pager diff --stat -- ansible/roles/nginx_basic_auth/files/mlflow_routes.json
+
 # --- quality -------------------------------------------------------------------------------------
-lint: $(BIN)/.dev-installed ## ruff, yamllint and ansible-lint (production profile)
+lint: $(BIN)/.dev-installed ## ruff, mypy (strict), yamllint and ansible-lint (production profile)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# infra/, inventory_plugin/ and __main__.py against pulumi's and pulumi-aws's type hints.
+	$(BIN)/mypy
 	$(BIN)/yamllint --strict .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --offline
 
@@ -102,15 +143,22 @@ docs: $(BIN)/.deploy-installed ## Regenerate the README tables: settings (Pulumi
 	$(BIN)/python -m infra.config_table --write
 	PYTHONPATH=$(CURDIR) $(BIN)/python ansible/role_tables.py --write
 
-test-unit: $(BIN)/.dev-installed ## Unit tests only (no root, about a minute)
+test-unit: $(BIN)/.dev-installed $(ROUTES_VENV)/.installed ## Unit tests only (no root, about a minute)
 	$(BIN)/pytest tests/unit -q
 
 test-integration: $(BIN)/.dev-installed ## End-to-end tests on real test hosts (Linux, root; MLFLOW_AWS_TESTBED_SLOT=N)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m "integration and not scale"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m "integration and not scale" --durations=30
 	@# Its own session: three hosts behind a stand-in load balancer, after the two-host bed is down.
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m scale
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration -q -m scale --durations=10
 
-test: lint test-unit test-integration molecule ## Everything CI runs: lint, unit, end-to-end and molecule tests
+test-images: $(BIN)/.dev-installed ## Build (or find) the trees the test hosts boot (root; minutes on a fresh machine)
+	$(BIN)/python -m standin build-images
+
+# The test hosts' trees (debootstrap: minutes on a fresh machine) build while lint and the unit
+# tests run; each step's output is printed whole when it ends.
+test: $(BIN)/.dev-installed ## Everything CI runs: lint, unit, end-to-end and molecule tests
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint test-unit test-images
+	@$(MAKE) --no-print-directory test-integration molecule
 
 molecule: $(BIN)/.dev-installed ## Molecule scenario: converge, idempotence, verify on a test host
 	@# destroy, syntax, create, converge, idempotence, verify, destroy: ansible/molecule/default.

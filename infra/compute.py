@@ -8,6 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 import pulumi_tls as tls
+import yaml
 
 from infra.naming import Naming
 from infra.settings import BACKUP_PREFIX, StackSettings
@@ -127,11 +128,22 @@ def find_ami(settings: StackSettings) -> pulumi.Output[aws.ec2.GetAmiResult]:
     )
 
 
+def host_key_cloud_config(private_key: str, public_key: str) -> str:
+    """cloud-init user data installing the host's SSH host key instead of generating new ones."""
+    config = {
+        "ssh_deletekeys": True,
+        "ssh_genkeytypes": [],
+        "ssh_keys": {"ed25519_private": private_key, "ed25519_public": public_key.strip()},
+    }
+    return "#cloud-config\n" + yaml.safe_dump(config, default_flow_style=False)
+
+
 class Server(pulumi.ComponentResource):
     """One MLflow host: an EC2 instance in a public subnet behind an Elastic IP."""
 
     instance: aws.ec2.Instance
     elastic_ip: aws.ec2.Eip
+    host_key: tls.PrivateKey
 
     def __init__(
         self,
@@ -149,6 +161,18 @@ class Server(pulumi.ComponentResource):
         ami = find_ami(settings)
         self.host_name = host_name
 
+        # The host's SSH host key is made here and installed by cloud-init at first boot, so the
+        # operator's first connection verifies it against the stack outputs instead of trusting
+        # whatever answers (SECURITY.md: the private half is in the state, as a secret, and in
+        # the user data). A replaced instance gets the same key; a new host, its own.
+        self.host_key = tls.PrivateKey(
+            f"{host_name}-host-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self)
+        )
+        cloud_config: pulumi.Output[str] = pulumi.Output.all(
+            self.host_key.private_key_openssh, self.host_key.public_key_openssh
+        ).apply(lambda keys: host_key_cloud_config(keys[0], keys[1]))
+        user_data: pulumi.Output[str] = pulumi.Output.secret(cloud_config)
+
         self.instance = aws.ec2.Instance(
             host_name,
             ami=ami.id,
@@ -157,6 +181,10 @@ class Server(pulumi.ComponentResource):
             vpc_security_group_ids=[security_group_id],
             key_name=access.key_pair.key_name,
             iam_instance_profile=access.instance_profile.name,
+            user_data=user_data,
+            # cloud-init installs host keys at an instance's first boot only: new user data
+            # means a new instance, never a running one whose key would no longer match.
+            user_data_replace_on_change=True,
             # IMDSv2 only (FSBP EC2.8). Hop limit 1: the token cannot travel past the host's
             # own network stack, so a container or a forwarded request cannot fetch the role's
             # credentials. MLflow runs directly on the host; raise to 2 only for containers.
@@ -195,4 +223,5 @@ class Server(pulumi.ComponentResource):
             public_ip=self.elastic_ip.public_ip,
             private_ip=self.instance.private_ip,
             public_dns=self.elastic_ip.public_dns,
+            ssh_host_key=self.host_key.public_key_openssh.apply(lambda key: key.strip()),
         ).apply(lambda v: {"name": self.host_name, **v})

@@ -27,7 +27,8 @@ REGION_ROW = (
 
 
 def load_config_schema(project_file: Path = ROOT / "Pulumi.yaml") -> dict[str, dict[str, Any]]:
-    return yaml.safe_load(project_file.read_text())["config"]
+    schema: dict[str, dict[str, Any]] = yaml.safe_load(project_file.read_text())["config"]
+    return schema
 
 
 def type_name(spec: dict[str, Any]) -> str:

@@ -72,6 +72,9 @@ class Database(pulumi.ComponentResource):
             instance_class=settings.db_instance_class,
             allocated_storage=settings.db_allocated_storage,
             storage_type="gp3",
+            # Storage autoscaling: RDS grows the volume when under 10% is free, up to this
+            # ceiling (0 turns it off). Only grows: allocated_storage is then a floor.
+            max_allocated_storage=settings.db_max_allocated_storage,
             storage_encrypted=True,  # with the account's aws/rds key (FSBP RDS.3)
             db_name=DB_NAME,
             username=DB_USER,
@@ -80,7 +83,8 @@ class Database(pulumi.ComponentResource):
             db_subnet_group_name=subnet_group.name,
             vpc_security_group_ids=[security_group_id],
             publicly_accessible=False,  # FSBP RDS.2
-            multi_az=False,
+            # A synchronous standby in the other zone's private subnet: failover in 1-2 minutes.
+            multi_az=settings.db_multi_az,
             backup_retention_period=settings.db_backup_retention_days,  # FSBP RDS.11
             copy_tags_to_snapshot=True,
             skip_final_snapshot=False,

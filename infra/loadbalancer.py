@@ -26,25 +26,23 @@ TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09"
 HEALTH_CHECK_PATH = "/health"  # served by nginx without credentials, answered by MLflow
 # Two checks 10 s apart: a stopped server leaves the rotation within ~20 s, a restarted one
 # rejoins as fast.
-HEALTH_CHECK = {
+HEALTH_CHECK_INTERVAL = 10
+HEALTH_CHECK_THRESHOLD = 2  # failed checks to leave the rotation, passed ones to rejoin
+HEALTH_CHECK: aws.lb.TargetGroupHealthCheckArgsDict = {
     "enabled": True,
     "protocol": "HTTPS",
     "port": "traffic-port",
     "path": HEALTH_CHECK_PATH,
     "matcher": "200",
-    "interval": 10,
+    "interval": HEALTH_CHECK_INTERVAL,
     "timeout": 5,
-    "healthy_threshold": 2,
-    "unhealthy_threshold": 2,
+    "healthy_threshold": HEALTH_CHECK_THRESHOLD,
+    "unhealthy_threshold": HEALTH_CHECK_THRESHOLD,
 }
 # Seconds the load balancer needs to stop sending requests to a server whose /health fails (two
 # failed checks 10 s apart, plus a margin), and to send them again after it passes. Exported as
 # `drain_seconds`: the playbook's rolling restarts wait this long around each host.
-DRAIN_SECONDS = (
-    HEALTH_CHECK["interval"]
-    * max(HEALTH_CHECK["unhealthy_threshold"], HEALTH_CHECK["healthy_threshold"])
-    + 5
-)
+DRAIN_SECONDS = HEALTH_CHECK_INTERVAL * HEALTH_CHECK_THRESHOLD + 5
 # Seconds a deregistered server keeps finishing its in-flight requests: short, so a rolling
 # restart moves on quickly; MLflow's API calls take well under a second.
 DEREGISTRATION_DELAY = 30
@@ -81,7 +79,7 @@ class LoadBalancer(pulumi.ComponentResource):
         subnet_ids: Sequence[pulumi.Input[str]],
         security_group_id: pulumi.Input[str],
         instance_ids: Sequence[pulumi.Input[str]],
-        certificate_arn: str | None,
+        certificate_arn: pulumi.Input[str] | None,
         deletion_protection: bool,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -126,15 +124,18 @@ class LoadBalancer(pulumi.ComponentResource):
             )
 
         self.certificate_pem = None
+        listener_certificate: pulumi.Input[str]
         if certificate_arn is None:
-            certificate_arn, self.certificate_pem = self._self_signed_certificate()
+            listener_certificate, self.certificate_pem = self._self_signed_certificate()
+        else:
+            listener_certificate = certificate_arn
         self.https_listener = aws.lb.Listener(
             naming.name("https"),
             load_balancer_arn=self.alb.arn,
             port=HTTPS_PORT,
             protocol="HTTPS",
             ssl_policy=TLS_POLICY,
-            certificate_arn=certificate_arn,
+            certificate_arn=listener_certificate,
             default_actions=[{"type": "forward", "target_group_arn": self.target_group.arn}],
             tags=naming.tags(naming.name("https")),
             opts=self._child,

@@ -8,13 +8,16 @@ one line below. Standard library only: the inventory plugin imports this inside 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-# hosts: a non-empty list of {name, public_ip[, private_ip, public_dns]};
+# hosts: a non-empty list of {name, public_ip[, private_ip, public_dns, ssh_host_key]}
+# (ssh_host_key: the public SSH host key the stack made for the host, pinned by the inventory);
 # text: a string (non-empty when required); pem: a PEM certificate;
-# seconds: a whole number from 0 to MAX_SECONDS.
-Kind = Literal["hosts", "text", "pem", "seconds"]
+# seconds: a whole number from 0 to MAX_SECONDS;
+# settings: an object of strings whose keys are those of its host_var mapping.
+Kind = Literal["hosts", "text", "pem", "seconds", "settings"]
 MAX_SECONDS = 600
 
 
@@ -24,9 +27,19 @@ class Output:
     required: bool = False
     secret: bool = False  # a Pulumi secret; kept out of reprs and logs
     standin: bool = False  # written by the local stand-ins only (S3-compatible store)
-    host_var: str | None = None  # the Ansible host variable it becomes, if any
+    # The Ansible host variable it becomes, if any; for settings, each key's variable.
+    host_var: str | Mapping[str, str] | None = None
     default: Any = None  # the value when an optional output is absent
 
+
+# Output `tls`: each key and the host variable the roles read it from.
+TLS_HOST_VARS = {
+    "mode": "mlflow_tls_mode",
+    "domain": "mlflow_domain",
+    "acme_directory_url": "mlflow_acme_directory_url",
+    "acme_email": "mlflow_acme_email",
+    "acme_profile": "mlflow_acme_profile",
+}
 
 OUTPUTS: dict[str, Output] = {
     "hosts": Output("hosts", required=True),
@@ -41,6 +54,10 @@ OUTPUTS: dict[str, Output] = {
     "drain_seconds": Output("seconds", host_var="mlflow_drain_seconds", default=0),
     # With a self-signed load balancer certificate: the PEM clients pin.
     "ca_certificate": Output("pem"),
+    # The SNS topic every alarm notifies (subscribe more endpoints than alarmEmail to it).
+    "alarm_topic_arn": Output("text"),
+    # The hosts' certificate settings (tlsMode, domain, acme*; the playbook checks the values).
+    "tls": Output("settings", host_var=TLS_HOST_VARS),
     "s3_endpoint_url": Output("text", standin=True, host_var="mlflow_s3_endpoint_url"),
     "s3_access_key_id": Output("text", standin=True, host_var="mlflow_s3_access_key_id"),
     "s3_secret_access_key": Output(

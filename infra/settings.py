@@ -14,7 +14,7 @@ import json
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PROJECT = "mlflow-aws"
@@ -24,7 +24,7 @@ PROJECT = "mlflow-aws"
 DEFAULTS: dict[str, Any] = {
     "sshPublicKey": "",
     "instanceType": "t3.medium",
-    "os": "ubuntu-24.04",
+    "os": "debian-13",
     "rootVolumeSize": 20,
     "instances": 1,
     "certificateArn": "",
@@ -33,10 +33,20 @@ DEFAULTS: dict[str, Any] = {
     "dbEngineVersion": "17",
     "dbAllocatedStorage": 20,
     "dbBackupRetentionDays": 7,
+    "dbMaxAllocatedStorage": 100,
+    "dbMultiAz": False,
     "deletionProtection": False,
     "artifactPrefix": "mlflow-artifacts",
     "noncurrentVersionExpiryDays": 30,
     "forceDestroyArtifacts": False,
+    "backupRetentionDays": 35,
+    "alarmEmail": "",
+    "tlsMode": "acme",
+    "domain": "",
+    "hostedZoneId": "",
+    "acmeDirectoryUrl": "https://acme-v02.api.letsencrypt.org/directory",
+    "acmeEmail": "",
+    "acmeProfile": "shortlived",
 }
 # No default: the operator must choose these.
 REQUIRED: tuple[str, ...] = ("aws:region", "sshAllowedCidrs")
@@ -94,6 +104,19 @@ _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+$")
 _CERTIFICATE_ARN = re.compile(
     r"^arn:aws(?:-[a-z]+)*:acm:(?P<region>[a-z0-9-]+):\d{12}:certificate/[0-9a-f-]{36}$"
 )
+# One address, no display name: what SNS's email protocol takes as its endpoint.
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
+TLS_MODES = ("acme", "self-signed", "files")
+# Lowercase DNS name, at least two labels, the last one not numeric (an IP is not a domain).
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+_HOSTED_ZONE_ID = re.compile(r"^Z[A-Z0-9]{1,31}$")
+_HTTPS_URL = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]+)?(/\S*)?$")
+_PROFILE = re.compile(r"^[a-z0-9-]*$")
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 # Key prefix of the database backups in the artifact bucket (ansible role mlflow).
 BACKUP_PREFIX = "backups"
@@ -117,6 +140,12 @@ class OsImage:
 
 
 OS_IMAGES: dict[str, OsImage] = {
+    # The default: the OS the local tests boot (standin builds Debian 13 hosts).
+    "debian-13": OsImage(
+        owner="136693071363",  # Debian cloud team
+        name_pattern="debian-13-{arch}-*",
+        ssh_user="admin",
+    ),
     "ubuntu-24.04": OsImage(
         owner="099720109477",  # Canonical
         name_pattern="ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*",
@@ -136,6 +165,18 @@ class InstanceSpec:
 
     memory_gib: float
     arch: str  # EC2 architecture: x86_64 or arm64
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Where the HTTPS certificate comes from (hosts: tlsMode; load balancer: domain)."""
+
+    mode: str = "acme"
+    domain: str | None = None
+    hosted_zone_id: str | None = None
+    acme_directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_email: str = ""
+    acme_profile: str = "shortlived"
 
 
 @dataclass(frozen=True)
@@ -160,6 +201,11 @@ class StackSettings:
     # Defaults here too, so code that builds StackSettings by hand keeps today's one-host stack.
     instances: int = 1
     certificate_arn: str | None = None  # ACM certificate of the load balancer; None: self-signed
+    db_max_allocated_storage: int = 0  # RDS storage autoscaling ceiling in GiB; 0: off
+    db_multi_az: bool = False
+    backup_retention_days: int = 35  # database dumps under backups/ in the bucket
+    alarm_email: str | None = None  # subscribed to the alarm topic; None: no subscription
+    tls: TlsSettings = field(default_factory=lambda: TlsSettings())
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> StackSettings:
@@ -173,6 +219,8 @@ class StackSettings:
         instance_type = parse_instance_type("instanceType", v["instanceType"])
         region = parse_region("aws:region", v.get("aws:region"))
         instances = parse_int("instances", v["instances"], 1, MAX_INSTANCES)
+        # gp3 on RDS: 20 GiB minimum, 64 TiB maximum.
+        db_allocated_storage = parse_int("dbAllocatedStorage", v["dbAllocatedStorage"], 20, 65536)
         return cls(
             region=region,
             ssh_allowed_cidrs=parse_ssh_cidrs("sshAllowedCidrs", v.get("sshAllowedCidrs")),
@@ -185,10 +233,7 @@ class StackSettings:
             db_engine_version=parse_choice(
                 "dbEngineVersion", str(v["dbEngineVersion"]), DB_ENGINE_VERSIONS
             ),
-            # gp3 on RDS: 20 GiB minimum, 64 TiB maximum.
-            db_allocated_storage=parse_int(
-                "dbAllocatedStorage", v["dbAllocatedStorage"], 20, 65536
-            ),
+            db_allocated_storage=db_allocated_storage,
             # RDS automated backups: 1..35 days (0 would disable them).
             db_backup_retention_days=parse_int(
                 "dbBackupRetentionDays", v["dbBackupRetentionDays"], 1, 35
@@ -203,6 +248,16 @@ class StackSettings:
             certificate_arn=parse_certificate_arn(
                 "certificateArn", v["certificateArn"], region=region, instances=instances
             ),
+            db_max_allocated_storage=parse_db_max_allocated_storage(
+                "dbMaxAllocatedStorage", v["dbMaxAllocatedStorage"], allocated=db_allocated_storage
+            ),
+            db_multi_az=parse_bool("dbMultiAz", v["dbMultiAz"]),
+            # S3 lifecycle days; ten years is beyond any sensible dump retention.
+            backup_retention_days=parse_int(
+                "backupRetentionDays", v["backupRetentionDays"], 1, 3650
+            ),
+            alarm_email=parse_email("alarmEmail", v["alarmEmail"]),
+            tls=parse_tls(v, instances=instances),
         )
 
     @property
@@ -474,6 +529,78 @@ def parse_certificate_arn(key: str, value: Any, *, region: str, instances: int) 
             f"{region} can only use an ACM certificate of the same region"
         )
     return text
+
+
+def parse_db_max_allocated_storage(key: str, value: Any, *, allocated: int) -> int:
+    """RDS storage autoscaling ceiling in GiB, or 0 (off). RDS wants at least 10% headroom."""
+    number = parse_int(key, value, 0, 65536)
+    least = -(-allocated * 11 // 10)  # 110%, rounded up, in integers (no float error)
+    if number and number < least:
+        raise SettingsError(
+            f"{key} {value!r} is not allowed: RDS storage autoscaling needs a ceiling at least "
+            f"10% above dbAllocatedStorage ({allocated} GiB), so {least} to 65536, or 0 to turn "
+            f"autoscaling off"
+        )
+    return number
+
+
+def parse_email(key: str, value: Any) -> str | None:
+    """One e-mail address for the alarm topic's subscription, or None."""
+    text = str(value).strip()
+    if not text:
+        return None
+    if len(text) > 254 or not _EMAIL.match(text):
+        raise SettingsError(
+            f"{key} {text!r} is not allowed: one e-mail address such as ops@example.com "
+            f"(no name, no list), or empty for no e-mail subscription"
+        )
+    return text
+
+
+def parse_tls(values: Mapping[str, Any], *, instances: int) -> TlsSettings:
+    """tlsMode, domain, hostedZoneId and the ACME settings, checked together."""
+    mode = parse_choice("tlsMode", values["tlsMode"], TLS_MODES)
+    domain = str(values["domain"]).strip()
+    if domain and not _DOMAIN.match(domain):
+        raise SettingsError(
+            f"domain {domain!r} is not allowed: a lowercase DNS name such as mlflow.example.com "
+            f"(dot-separated labels of letters, digits and '-'), or empty for the host's IP"
+        )
+    zone = str(values["hostedZoneId"]).strip()
+    if zone and not _HOSTED_ZONE_ID.match(zone):
+        raise SettingsError(
+            f"hostedZoneId {zone!r} is not a Route 53 hosted zone ID such as Z0123456789ABCDEFGHIJ"
+        )
+    if zone and not domain:
+        raise SettingsError("hostedZoneId needs domain: the record it creates is for the domain")
+    if domain and instances > 1:
+        if not zone:
+            raise SettingsError(
+                "domain with instances 2 or more needs hostedZoneId: the load balancer's ACM "
+                "certificate is validated through DNS records in that Route 53 zone (or leave "
+                "domain empty and give certificateArn)"
+            )
+        if str(values["certificateArn"]).strip():
+            raise SettingsError(
+                "domain and certificateArn are alternatives for the load balancer's "
+                "certificate: set one of them"
+            )
+    url = str(values["acmeDirectoryUrl"]).strip()
+    if not _HTTPS_URL.match(url):
+        raise SettingsError(
+            f"acmeDirectoryUrl {url!r} is not allowed: an https:// URL of an ACME directory, e.g. "
+            f"https://acme-v02.api.letsencrypt.org/directory (Let's Encrypt) or "
+            f"https://acme-staging-v02.api.letsencrypt.org/directory (its staging)"
+        )
+    email = str(values["acmeEmail"]).strip()
+    if email and not _EMAIL.match(email):
+        raise SettingsError(f"acmeEmail {email!r} is not an e-mail address (or leave it empty)")
+    profile = str(values["acmeProfile"]).strip()
+    if not _PROFILE.match(profile):
+        raise SettingsError(
+            f"acmeProfile {profile!r} is not a profile name such as shortlived or classic"
+        )
+    return TlsSettings(mode, domain or None, zone or None, url, email, profile)
 
 
 def parse_artifact_prefix(key: str, value: Any) -> str:

@@ -15,6 +15,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.naming import Naming
+from infra.settings import BACKUP_PREFIX
 
 # Incomplete multipart uploads (e.g. an interrupted large artifact) are billed until aborted.
 ABORT_MULTIPART_DAYS = 7
@@ -47,6 +48,7 @@ class ArtifactStore(pulumi.ComponentResource):
         naming: Naming,
         *,
         noncurrent_version_expiry_days: int,
+        backup_retention_days: int,
         force_destroy: bool,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -110,7 +112,16 @@ class ArtifactStore(pulumi.ComponentResource):
                     "abort_incomplete_multipart_upload": {
                         "days_after_initiation": ABORT_MULTIPART_DAYS
                     },
-                }
+                },
+                {
+                    # Database dumps (scheduled and before upgrades) expire after the retention;
+                    # the rule above then keeps the expired dump as a noncurrent version for
+                    # its days, so a dump deleted by mistake or malice can still be restored.
+                    "id": "expire-database-backups",
+                    "status": "Enabled",
+                    "filter": {"prefix": f"{BACKUP_PREFIX}/"},
+                    "expiration": {"days": backup_retention_days},
+                },
             ],
             # Noncurrent versions only exist once versioning is on.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),

@@ -7,7 +7,9 @@ import json
 import os
 import sys
 
-from .rootfs import BaseImage
+from . import deps
+from .rootfs import DEFAULT_DEBIAN, SUITES, BaseImage
+from .services import postgres_base
 from .slot import ENV_VAR
 from .testbed import Testbed
 from .util import HarnessError, say
@@ -16,16 +18,26 @@ from .util import HarnessError, say
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m standin",
-        description="Debian 12 test hosts (systemd-nspawn) + PostgreSQL + moto S3. Needs root.",
+        description=(
+            "Debian 13 (or 12) test hosts (systemd-nspawn) + PostgreSQL 17 + moto S3. Needs root."
+        ),
     )
     parser.add_argument("--state-dir", help="default <repo>/.cache/testhosts, + N in slot N")
     parser.add_argument("--slot", help=f"0..9: sets {ENV_VAR} (default: its value, else 0)")
+    parser.add_argument(
+        "--debian", type=int, choices=sorted(SUITES), default=DEFAULT_DEBIAN,
+        help=f"the hosts' Debian release for up/build-base (default {DEFAULT_DEBIAN})",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="boot hosts and services, write outputs.json")
     up.add_argument("--hosts", type=int, default=2, help="number of hosts (default 2)")
     commands.add_parser("down", help="stop and remove everything up started")
     commands.add_parser("status", help="print state, health and leftovers as JSON")
     commands.add_parser("build-base", help="only build (or find) the cached base rootfs")
+    commands.add_parser(
+        "build-images",
+        help="build (or find) every tree the tests boot: Debian 13 and 12, the PostgreSQL tree",
+    )
     for name, what in (("ssh", "ssh in as admin"), ("run", "run a command as root inside")):
         sub = commands.add_parser(name, help=what)
         sub.add_argument("host", help="host name or number")
@@ -36,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for sub in commands.choices.values():
         sub.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--slot", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument(
+            "--debian", type=int, choices=sorted(SUITES), default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -43,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.slot is not None:
         os.environ[ENV_VAR] = args.slot  # validated by Testbed, as a value from the environment
-    testbed = Testbed(args.state_dir)
+    testbed = Testbed(args.state_dir, debian=args.debian)
     slot = testbed.slot
     say(f"slot {slot.number} ({ENV_VAR}): bridge {slot.bridge} {slot.subnet}, {testbed.state_dir}")
     command = args.command
@@ -52,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "down":
         testbed.down()
     elif command == "build-base":
-        print(BaseImage().ensure())
+        print(BaseImage(debian=args.debian).ensure())
+    elif command == "build-images":
+        deps.require_ready()
+        for image in (BaseImage(debian=13), postgres_base(), BaseImage(debian=12)):
+            print(image.ensure())
     elif command == "status":
         report = {"slot": slot.number, "state": testbed.state(), "resources": testbed.leftovers()}
         if testbed.is_up():

@@ -37,7 +37,10 @@ def pids(directory: Path) -> list[int]:
         return found
     for current, _dirs, files in os.walk(directory):
         if "cgroup.procs" in files:
-            text = Path(current, "cgroup.procs").read_text()
+            try:
+                text = Path(current, "cgroup.procs").read_text()
+            except FileNotFoundError:  # a booting or stopping host's systemd removed it meanwhile
+                continue
             found.extend(int(line) for line in text.split())
     return found
 

@@ -1,6 +1,6 @@
 """`make demo` / `make demo-down`: the whole stack on one local test host, no AWS account needed.
 
-A Debian 12 host booted with systemd-nspawn stands in for the EC2 instance, PostgreSQL for RDS
+A Debian 13 host booted with systemd-nspawn stands in for the EC2 instance, PostgreSQL 17 for RDS
 and moto for S3; the real playbook configures it exactly as `make configure` would.
 Needs Linux and root (network namespaces, mounts).
 """
@@ -40,7 +40,9 @@ def credentials_lines(outputs_file: os.PathLike[str]) -> str:
 
 def up() -> int:
     bed = Testbed(state_dir())
-    print(">> starting a Debian 12 test host, PostgreSQL and an S3-compatible endpoint", flush=True)
+    print(
+        ">> starting a Debian 13 test host, PostgreSQL 17 and an S3-compatible endpoint", flush=True
+    )
     bed.up(1)
     print(">> configuring it with the real playbook (a cold run takes a few minutes)", flush=True)
     run_playbook(bed.outputs_file, CREDENTIALS_DIR, STACK).check()
@@ -51,6 +53,8 @@ def up() -> int:
         f"  STACK={STACK} MLFLOW_AWS_OUTPUTS_FILE={bed.outputs_file}"
         " make example NAME=iris_random_forest"
     )
+    print("Check it from outside, as your users reach it:")
+    print(f"  STACK={STACK} MLFLOW_AWS_OUTPUTS_FILE={bed.outputs_file} make verify")
     print("`make demo-down` removes the host, the database and the bucket.")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -23,23 +24,36 @@ REQUIRED_COMMANDS = (
     "runuser",
     "haproxy",  # the stand-in load balancer of the scale tests
     "openssl",
+    "chroot",  # the PostgreSQL 17 stand-in runs from a Debian 13 tree (services.py)
+    "chromium",  # the UI tests' headless browser (tests/integration/browser.py), the TLS tests'
+    "pebble",  # the ACME test server of the TLS tests
+    "pebble-challtestsrv",  # its DNS stub (test domain names)
+    "certutil",  # libnss3-tools: trusts pebble's root in Chromium's NSS database
 )
 
 
-def postgres_bindir() -> Path | None:
-    """Directory of the newest installed Debian PostgreSQL server binaries, if any."""
-    candidates = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
-    )
-    return candidates[-1].parent if candidates else None
+def pinned_pebble_version() -> str:
+    """The pebble release .ci/install-test-deps.sh pins (certificate profiles; why: see there)."""
+    found = re.search(r"^PEBBLE_VERSION=(\S+)$", INSTALL_SCRIPT.read_text(), re.MULTILINE)
+    if not found:
+        raise HarnessError(f"{INSTALL_SCRIPT} pins no PEBBLE_VERSION")
+    return found.group(1)
 
 
 def missing_commands() -> list[str]:
+    """Commands not on PATH, plus pebble when it is not the pinned release."""
     missing = [cmd for cmd in REQUIRED_COMMANDS if shutil.which(cmd) is None]
-    if postgres_bindir() is None:
-        missing.append("postgresql (initdb)")
+    if "pebble" not in missing and (have := _pebble_version()) != pinned_pebble_version():
+        missing.append(f"pebble {pinned_pebble_version()} (have {have or 'none'})")
     return missing
+
+
+def _pebble_version() -> str:
+    """The installed pebble package's version ('' when dpkg does not know it)."""
+    if shutil.which("dpkg-query") is None:
+        return ""
+    result = run(["dpkg-query", "-W", "-f=${Version}", "pebble"], check=False)
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def kernel_problems() -> list[str]:

@@ -186,6 +186,11 @@ class Host:
         for path in (ssh_dir, keys):
             os.chown(path, uid, gid)
 
+    def host_public_key(self) -> str:
+        """The host's ED25519 SSH host key ("ssh-ed25519 AAAA..."), as a stack output carries it."""
+        key = (self.merged / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+        return f"{key[0]} {key[1]}"
+
     def _record_host_key(self) -> None:
         key = (self.merged / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
         line = f"{self.ip},{self.name},{self.dns_name} {key[0]} {key[1]}\n"

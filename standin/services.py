@@ -1,4 +1,4 @@
-"""The services the hosts use: a dedicated PostgreSQL cluster and a moto S3 server.
+"""The services the hosts use: a dedicated PostgreSQL 17 cluster and a moto S3 server.
 
 Both listen on the slot's bridge address (10.77.N.1) so the hosts reach them like RDS and S3;
 PostgreSQL also listens on 127.0.0.1 for the tests. Ports are the slot's (55432 and 55900 in
@@ -7,10 +7,9 @@ slot 0, +10 per slot). Their files live in the state dir.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pwd
 import secrets
+import shutil
 import signal
 import string
 import subprocess
@@ -19,7 +18,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from . import deps
 from .slot import Slot
 from .util import REPO_ROOT, HarnessError, process_alive, run, say, wait_for
 
@@ -48,10 +46,11 @@ full_page_writes = off
 
 def pg_hba(slot: Slot) -> str:
     return f"""\
-# mlflow-aws test harness: the superuser only over the socket, mlflow by password.
+# mlflow-aws test harness: the superuser only over the socket, the others by password
+# (mlflow, the master user as on RDS, and the login roles `make rotate-db` creates).
 local all postgres peer
-host {PG_DB} {PG_USER} 127.0.0.1/32 scram-sha-256
-host {PG_DB} {PG_USER} {slot.subnet} scram-sha-256
+host {PG_DB} all 127.0.0.1/32 scram-sha-256
+host {PG_DB} all {slot.subnet} scram-sha-256
 """
 
 
@@ -61,39 +60,51 @@ def random_password(length: int = 32) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-# Where a cluster goes when user postgres cannot traverse the state dir's parents (a checkout
-# under /root or in a `mktemp -d` directory): keyed by the state dir, so `down` finds it again.
-OUTSIDE_DIR = Path("/var/tmp/mlflow-aws-testhosts")  # noqa: S108 (root-owned, fixed on purpose)
+# The database stand-in runs RDS's default major version (17) from Debian 13's own packages,
+# whatever the machine's release: a Debian 13 tree with postgresql-17 (rootfs.py), mounted as
+# an overlay per bed and entered with chroot. No network namespace of its own: the server
+# listens on the machine's bridge address and 127.0.0.1, as RDS answers the hosts.
+PG_MAJOR = 17
+PG_DEBIAN = 13
+PG_BIN = f"/usr/lib/postgresql/{PG_MAJOR}/bin"
+PG_DATA = "/var/lib/mlflow-standin/data"  # inside the tree
+PG_SOCKET_DIR = "/var/run/postgresql"
+PG_LOG = "/var/log/postgresql/standin.log"
+CHROOT_ENV = ("env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "HOME=/tmp")
 
 
-def postgres_dir(state_dir: Path) -> Path:
-    state_dir = state_dir.resolve()
-    if all(parent.stat().st_mode & 0o001 for parent in state_dir.parents if parent.exists()):
-        return state_dir / "postgres"
-    key = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
-    return OUTSIDE_DIR / key / "postgres"
+def _tree_ids(root: Path, user: str) -> tuple[int, int]:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise HarnessError(f"no user {user} in {root}/etc/passwd")
+
+
+def postgres_base() -> Any:
+    """The cached Debian 13 + postgresql-17 tree (built on first use, like the hosts' base)."""
+    from .rootfs import BaseImage  # late: rootfs imports nothing from here, but keep it light
+
+    return BaseImage(debian=PG_DEBIAN, extra_packages=(f"postgresql-{PG_MAJOR}",))
 
 
 class Postgres:
-    """A PostgreSQL cluster of its own (initdb/pg_ctl as user postgres), not the system one."""
+    """A PostgreSQL 17 cluster of its own, run from a Debian 13 tree (chroot), not the system one.
+
+    Files under `<state dir>/postgres/`: `upper/` (the cluster and its log), `work/`, `root/`
+    (the overlay the server runs in), `mlflow.password`. The log is copied to
+    `<state dir>/logs/postgres.log` when the server stops.
+    """
 
     def __init__(self, state_dir: Path, slot: Slot) -> None:
         self.slot = slot
-        self.dir = postgres_dir(state_dir)
-        self.data = self.dir / "data"
-        self.socket_dir = self.dir / "run"
-        # pg_ctl opens the log as user postgres: beside the cluster when it is outside.
-        inside = self.dir.parent == state_dir.resolve()
-        self.log = (state_dir / "logs" if inside else self.dir) / "postgres.log"
+        self.dir = state_dir.resolve() / "postgres"
+        self.upper, self.work, self.root = (self.dir / d for d in ("upper", "work", "root"))
+        self.data = self.upper / PG_DATA.lstrip("/")  # the cluster, seen from the machine
+        self.log = state_dir.resolve() / "logs" / "postgres.log"
         self.password_file = self.dir / "mlflow.password"
         self.port = slot.pg_port
-
-    @property
-    def bindir(self) -> Path:
-        found = deps.postgres_bindir()
-        if found is None:
-            raise HarnessError("PostgreSQL server binaries missing (Debian package postgresql)")
-        return found
+        self.major = PG_MAJOR
 
     @property
     def password(self) -> str:
@@ -103,72 +114,129 @@ class Postgres:
         host = host or self.slot.gateway
         return f"postgresql://{PG_USER}:{self.password}@{host}:{self.port}/{PG_DB}"
 
-    def _as_postgres(self, argv: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess:
-        return run(["runuser", "-u", "postgres", "--", *argv], cwd=self.dir, **kwargs)
+    # ----- the tree ----------------------------------------------------------------------
+
+    def mount(self) -> None:
+        """Overlay over the PostgreSQL base, plus /proc and /dev for the server (idempotent)."""
+        base = postgres_base().ensure()
+        for directory in (self.upper, self.work, self.root):
+            directory.mkdir(parents=True, exist_ok=True)
+        if not os.path.ismount(self.root):
+            options = f"lowerdir={base},upperdir={self.upper},workdir={self.work}"
+            run(["mount", "-t", "overlay", "overlay", "-o", options, self.root])
+        if not os.path.ismount(self.root / "proc"):
+            run(["mount", "-t", "proc", "proc", self.root / "proc"])
+        if not os.path.ismount(self.root / "dev"):
+            run(["mount", "--bind", "/dev", self.root / "dev"])
+
+    def unmount(self) -> None:
+        for target in (self.root / "dev", self.root / "proc", self.root):
+            if os.path.ismount(target):
+                run(["umount", "--lazy", target], check=False)
+
+    def is_mounted(self) -> bool:
+        return os.path.ismount(self.root)
+
+    def run_in_tree(
+        self, argv: list[str], *, user: str = "postgres", **kwargs: Any
+    ) -> subprocess.CompletedProcess:
+        """Run a command of the tree (e.g. pg_restore, as shipped with PostgreSQL 17) as `user`."""
+        if not self.is_mounted():
+            raise HarnessError(f"the PostgreSQL tree {self.root} is not mounted (bed down?)")
+        return run([*self._chroot(user), *argv], **kwargs)
+
+    def tool(self, name: str) -> list[str]:
+        """argv that runs PostgreSQL 17's client `name` from the machine (give files by stdin)."""
+        return [*self._chroot("postgres"), f"{PG_BIN}/{name}"]
+
+    def _chroot(self, user: str) -> list[str]:
+        # Numeric ids from the tree's own passwd: the machine's user postgres may differ.
+        uid, gid = _tree_ids(self.root, user)
+        return ["chroot", f"--userspec={uid}:{gid}", str(self.root), *CHROOT_ENV]
+
+    # ----- the cluster -------------------------------------------------------------------
 
     def ensure(self) -> None:
         """Create the cluster on first use, then make sure it runs."""
+        self.mount()
         if not (self.data / "PG_VERSION").exists():
             self._init()
         self.start()
 
     def _init(self) -> None:
-        say(f"creating PostgreSQL cluster in {self.data}")
-        entry = pwd.getpwnam("postgres")
-        for directory in (self.dir, self.socket_dir):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chown(directory, entry.pw_uid, entry.pw_gid)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.log.touch()
-        os.chown(self.log, entry.pw_uid, entry.pw_gid)
-        if self._as_postgres(["test", "-w", self.dir], check=False).returncode != 0:
-            raise HarnessError(
-                f"user postgres cannot reach {self.dir}: choose a --state-dir whose parents "
-                "are world-traversable (not under /root)"
-            )
-        self._as_postgres(
-            [self.bindir / "initdb", "-D", self.data, "-U", "postgres", "--encoding=UTF8",
+        say(f"creating PostgreSQL {PG_MAJOR} cluster in {self.data}")
+        self.run_in_tree(
+            ["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", PG_DATA],
+            user="root",
+        )
+        self.run_in_tree(
+            [f"{PG_BIN}/initdb", "-D", PG_DATA, "-U", "postgres", "--encoding=UTF8",
              "--locale=C.UTF-8", "--auth-local=peer", "--auth-host=scram-sha-256"],
         )  # fmt: skip
-        with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(pg_conf(self.slot) + f"unix_socket_directories = '{self.socket_dir}'\n")
-        (self.data / "pg_hba.conf").write_text(pg_hba(self.slot))
+        data = self.root / PG_DATA.lstrip("/")  # written through the mount, not the upper dir
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.write(pg_conf(self.slot) + f"unix_socket_directories = '{PG_SOCKET_DIR}'\n")
+            # /dev is the machine's (bind mount): keep shared memory segments in the data dir.
+            conf.write("dynamic_shared_memory_type = mmap\n")
+        (data / "pg_hba.conf").write_text(pg_hba(self.slot))
         self.password_file.write_text(random_password() + "\n")
         self.password_file.chmod(0o600)
         self.start()
         # The password goes through stdin, never a command line (process listings).
         self.admin_sql(
-            f"CREATE ROLE {PG_USER} LOGIN PASSWORD '{self.password}';\n"
+            # Like RDS's master user: not a superuser, but may create roles and databases, and
+            # (as rds_superuser does) see every session in pg_stat_activity.
+            f"CREATE ROLE {PG_USER} LOGIN CREATEROLE CREATEDB PASSWORD '{self.password}';\n"
+            f"GRANT pg_read_all_stats TO {PG_USER};\n"
             f"CREATE DATABASE {PG_DB} OWNER {PG_USER};\n"
         )
 
     def start(self) -> None:
         if self.is_running():
             return
-        self._as_postgres(
-            [self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"],
+        self.mount()
+        self.run_in_tree(
+            ["install", "-d", "-m", "2775", "-o", "postgres", "-g", "postgres", PG_SOCKET_DIR,
+             "/var/log/postgresql"],
+            user="root",
+        )  # fmt: skip
+        self.run_in_tree(
+            [f"{PG_BIN}/pg_ctl", "-D", PG_DATA, "-l", PG_LOG, "-w", "-t", "60", "start"],
             timeout=90,
         )
-        say(f"PostgreSQL listening on {self.slot.gateway}:{self.port} and 127.0.0.1:{self.port}")
+        say(
+            f"PostgreSQL {PG_MAJOR} listening on {self.slot.gateway}:{self.port} "
+            f"and 127.0.0.1:{self.port}"
+        )
 
     def stop(self) -> None:
         """Fast shutdown (as in a DB outage; clients are disconnected)."""
         if self.is_running():
-            self._as_postgres(
-                [self.bindir / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"], timeout=90
+            self.run_in_tree(
+                [f"{PG_BIN}/pg_ctl", "-D", PG_DATA, "-m", "fast", "-w", "stop"], timeout=90
             )
+        self._keep_log()
+
+    def _keep_log(self) -> None:
+        log = self.upper / PG_LOG.lstrip("/")
+        if log.exists():
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, self.log)
 
     def is_running(self) -> bool:
-        if not (self.data / "PG_VERSION").exists():
+        if not self.is_mounted() or not (self.data / "PG_VERSION").exists():
             return False
-        status = self._as_postgres([self.bindir / "pg_ctl", "-D", self.data, "status"], check=False)
+        status = self.run_in_tree([f"{PG_BIN}/pg_ctl", "-D", PG_DATA, "status"], check=False)
         return status.returncode == 0
+
+    def server_version(self) -> str:
+        return self.admin_sql("SHOW server_version;").strip()
 
     def admin_sql(self, sql: str) -> str:
         """Run SQL as the superuser over the unix socket (psql reads it from stdin)."""
-        psql = [self.bindir / "psql", "-h", self.socket_dir, "-p", str(self.port), "-d", "postgres",
+        psql = [f"{PG_BIN}/psql", "-h", PG_SOCKET_DIR, "-p", str(self.port), "-d", "postgres",
                 "-v", "ON_ERROR_STOP=1", "-qAt"]  # fmt: skip
-        return self._as_postgres(psql, input_text=sql).stdout
+        return self.run_in_tree(psql, input_text=sql).stdout
 
     def query(self, sql: str, params: SqlParams = None) -> list[tuple]:
         """Run one statement as user mlflow (over 127.0.0.1); rows, or [] when it returns none."""

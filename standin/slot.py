@@ -88,6 +88,11 @@ class Slot:
     def s3_port(self) -> int:
         return 55900 + 10 * self.number
 
+    @property
+    def acme_port(self) -> int:
+        """The ACME test server (pebble): directory, +1 its management (roots), +2 its DNS."""
+        return 56000 + 10 * self.number
+
     def with_suffix(self, path: Path) -> Path:
         """A per-checkout default dir for this slot: .cache/testhosts -> .cache/testhosts3."""
         return path.with_name(path.name + self.suffix)

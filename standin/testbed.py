@@ -1,4 +1,6 @@
-"""The whole test bed: N hosts + PostgreSQL + moto S3 + network, described by a state dir.
+"""The whole test bed: N Debian 13 (or 12) hosts + PostgreSQL 17 + moto S3 + network.
+
+A bed is described by its state dir.
 
 Everything `down` needs is written to `<state dir>/state.json` BEFORE it is created, and
 every machine-wide object has a fixed name derived from the bed's slot (slot.py), so `down`
@@ -20,8 +22,9 @@ from typing import Any
 from infra.outputs import check_names
 
 from . import cgroups, deps, hosts, network
+from .acme import Pebble
 from .hosts import Host
-from .rootfs import CACHE_ROOT, BaseImage
+from .rootfs import CACHE_ROOT, DEFAULT_DEBIAN, SUITES, BaseImage
 from .services import S3_BUCKET, S3_KEY, S3_REGION, MotoS3, Postgres, SqlParams
 from .slot import ENV_VAR, GLOBAL_LOCK, Slot, from_env, other_slots
 from .util import REPO_ROOT, HarnessError, file_lock, run, say
@@ -36,12 +39,22 @@ class Testbed:
 
     Attributes: `slot` (Slot: names and addresses), `state_dir`, `hosts` (list of Host),
     `outputs_file` (stack outputs JSON), `ssh_key` / `known_hosts` (paths), `postgres`
-    (Postgres), `s3` (MotoS3). The slot defaults to MLFLOW_AWS_TESTBED_SLOT's.
+    (Postgres, PostgreSQL 17), `s3` (MotoS3), `debian` (13 or 12: the hosts' release).
+    The slot defaults to MLFLOW_AWS_TESTBED_SLOT's; the release to 13, the default `os`.
     """
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, state_dir: Path | str | None = None, slot: Slot | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | str | None = None,
+        slot: Slot | None = None,
+        *,
+        debian: int = DEFAULT_DEBIAN,
+    ) -> None:
+        if debian not in SUITES:
+            raise HarnessError(f"debian must be one of {sorted(SUITES)}, not {debian}")
+        self.debian = debian
         self.slot = slot or from_env()
         self.state_dir = Path(state_dir or default_state_dir(self.slot)).resolve()
         self.owner_file = self.slot.run_dir / "owner"
@@ -56,6 +69,8 @@ class Testbed:
         self.credentials_dir = self.state_dir / "credentials"
         self.postgres = Postgres(self.state_dir, self.slot)
         self.s3 = MotoS3(self.state_dir, self.slot)
+        # Started by the TLS tests only (the shared stack's hosts pin self-signed certificates).
+        self.pebble = Pebble(self.state_dir, self.slot)
         self._refuse_other_slot()
         self.hosts: list[Host] = self._hosts_from_state()
 
@@ -115,6 +130,7 @@ class Testbed:
             _refuse_if_other_owner(self.state_dir, self.slot)
             try:
                 if self._reuse(host_count):
+                    self.write_outputs()  # in this checkout's shape (e.g. an output added since)
                     return self
             except HarnessError as refusal:
                 if not replace:
@@ -136,6 +152,11 @@ class Testbed:
         state = self.state()
         if not state:
             return False
+        if state.get("debian", DEFAULT_DEBIAN) != self.debian:
+            raise HarnessError(
+                f"the test bed in {self.state_dir} runs Debian {state.get('debian')} hosts "
+                f"(asked for Debian {self.debian}): take it down first"
+            )
         if state.get("status") != "up" or state.get("host_count") != host_count:
             raise HarnessError(
                 f"a test bed in {self.state_dir} is {state.get('status')} with "
@@ -149,6 +170,7 @@ class Testbed:
                 "run `python -m standin down` first"
             )
         say(f"already up in {self.state_dir}: reusing {host_count} hosts")
+        self.write_outputs()  # in this version's shape
         return True
 
     def _bring_up(self, host_count: int) -> None:
@@ -160,12 +182,12 @@ class Testbed:
         mtu = network.uplink_mtu()
         self._save_state(
             status="starting", slot=self.slot.number, host_count=host_count, mtu=mtu,
+            debian=self.debian,
             ip_forward_before=self.forward_file.read_text().strip(), started_at=time.time(),
         )  # fmt: skip
-        self.state_dir.chmod(0o755)  # user postgres must traverse it to its data dir
         _remove(self.credentials_dir)  # new hosts, new host keys
         self.hosts = self._make_hosts(host_count)
-        base = BaseImage().ensure()
+        base = BaseImage(debian=self.debian).ensure()
         self._save_state(base=str(base))
         self._ensure_ssh_key()
         network.create_bridge(self.slot, mtu)
@@ -232,6 +254,8 @@ class Testbed:
                         "public_ip": h.ip,
                         "private_ip": h.ip,
                         "public_dns": h.dns_name,
+                        # Like the stack's generated host keys: the first connection is verified.
+                        "ssh_host_key": h.host_public_key(),
                     }
                     for h in self.hosts
                 ],
@@ -244,6 +268,9 @@ class Testbed:
                 "s3_endpoint_url": self.s3.endpoint_url,
                 "s3_access_key_id": S3_KEY,
                 "s3_secret_access_key": S3_KEY,
+                # The shared stack pins self-signed certificates; the TLS tests switch to acme
+                # against their own ACME server (pebble) on the bed's gateway.
+                "tls": {"mode": "self-signed"},
             }
         )
 
@@ -264,11 +291,15 @@ class Testbed:
 
     def print_summary(self) -> None:
         say(f"slot:         {self.slot.number} ({ENV_VAR}), bridge {self.slot.bridge}")
+        say(f"hosts' OS:    Debian {self.debian} ({SUITES[self.debian]})")
         say(f"state dir:    {self.state_dir}")
         say(f"outputs:      {self.outputs_file}")
         for host in self.hosts:
             say(f"host:         {host.name} {host.ip}  ssh {' '.join(host.ssh_argv())}")
-        say(f"PostgreSQL:   {self.slot.gateway}:{self.postgres.port} (db/user mlflow)")
+        say(
+            f"PostgreSQL:   {self.postgres.major} on {self.slot.gateway}:{self.postgres.port} "
+            "(db/user mlflow)"
+        )
         say(f"S3 (moto):    {self.s3.endpoint_url} bucket {self.s3.bucket}")
 
     # ----- helpers for tests -----------------------------------------------------------
@@ -301,14 +332,16 @@ class Testbed:
         hosts.stop_all(self.hosts)
         for host in self.hosts:
             host.remove()
+        if self.postgres.data.exists():
+            self.postgres.stop()
+        self.postgres.unmount()
         hosts.unmount_all_under(self.state_dir)
         hosts.unmount_stray_overlays(CACHE_ROOT, self.slot)  # e.g. the state dir was deleted
         self.s3.stop()
-        if self.postgres.data.exists():
-            self.postgres.stop()
+        self.pebble.stop()
         self._release_network(state.get("ip_forward_before"))
         cgroups.remove_group(self.slot.cgroup_group)
-        for path in (self.state_dir / "hosts", self.postgres.dir, self.s3.dir):
+        for path in (self.state_dir / "hosts", self.postgres.dir, self.s3.dir, self.pebble.dir):
             _remove(path)
         for path in (self.credentials_dir, self.state_file, self.outputs_file):
             _remove(path)
@@ -351,6 +384,7 @@ class Testbed:
             found.append("postgres running")
         if self.s3.pid() is not None:
             found.append("moto running")
+        found += [f"{name} running" for name in ("pebble", "challtestsrv") if self.pebble.pid(name)]
         return found
 
 

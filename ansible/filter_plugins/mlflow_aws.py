@@ -11,9 +11,11 @@ import hashlib
 import ipaddress
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
+import yaml
 from ansible.errors import AnsibleFilterError
 
 # Measured on MLflow 3.17.2 with job execution off (bench/RESULTS.md), peak RSS under load:
@@ -28,6 +30,25 @@ RESERVE_RATIO = 0.30
 LOCAL_HOSTS = ("localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", "[[]::1]:*")
 
 DSN_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres")
+
+# What a user of mlflow_users may do (its `role`): write (the default) uses MLflow, read only
+# reads it, metrics reads /metrics and /metrics/nginx and nothing else. The one list is the
+# nginx_basic_auth role's argument spec (which enforces the roles); read here, not repeated.
+USER_ROLES_SPEC = (
+    Path(__file__).resolve().parent.parent / "roles/nginx_basic_auth/meta/argument_specs.yml"
+)
+
+
+def _user_role_spec() -> dict[str, Any]:
+    spec = yaml.safe_load(USER_ROLES_SPEC.read_text(encoding="utf-8"))
+    role: dict[str, Any] = spec["argument_specs"]["main"]["options"]["nginx_basic_auth_users"][
+        "options"
+    ]["role"]
+    return role
+
+
+USER_ROLES: tuple[str, ...] = tuple(_user_role_spec()["choices"])
+DEFAULT_USER_ROLE: str = _user_role_spec()["default"]
 
 
 def mlflow_workers(
@@ -78,6 +99,19 @@ def mlflow_dsn_password(dsn: Any) -> str:
     return unquote(_split_dsn(dsn).password or "")
 
 
+def mlflow_dsn_with_login(dsn: Any, login: Any) -> str:
+    """The DSN with another user and password ({'user', 'password'}; `make rotate-db`'s login
+    role); the DSN unchanged when login is empty (the stack's master user)."""
+    parts = _split_dsn(dsn)
+    if not login:
+        return str(dsn)
+    if not isinstance(login, dict) or not login.get("user") or not login.get("password"):
+        raise AnsibleFilterError("mlflow_dsn_with_login: the login needs a user and a password")
+    user, password = (quote(str(login[key]), safe="") for key in ("user", "password"))
+    netloc = f"{user}:{password}@{_hostport(parts)}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
 def systemd_env_quote(value: Any) -> str:
     """Quote a value for a systemd EnvironmentFile (double quotes, backslash escapes)."""
     text = str(value)
@@ -104,6 +138,27 @@ def nginx_credential_digest(name: Any, password: Any) -> str:
     token = base64.b64encode(f"{name}:{password}".encode()).decode("ascii")
     digest = hashlib.md5(f"Basic {token}".encode("ascii")).digest()  # noqa: S324 - nginx's choice
     return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def mlflow_users_by_role(users: Any) -> dict[str, list[dict[str, Any]]]:
+    """The users grouped by role (without the role key), every role present; users without
+    a role have the default one.
+
+    The one place that reads a user's role: nginx's password files and maps come from it.
+    """
+    if not isinstance(users, list):
+        raise AnsibleFilterError("mlflow_users_by_role: needs a list of users")
+    grouped: dict[str, list[dict[str, Any]]] = {role: [] for role in USER_ROLES}
+    for user in users:
+        if not isinstance(user, dict) or not isinstance(user.get("name"), str):
+            raise AnsibleFilterError("mlflow_users_by_role: every user needs a name")
+        role = user.get("role") or DEFAULT_USER_ROLE
+        if role not in USER_ROLES:
+            raise AnsibleFilterError(
+                f"user {user['name']}: role {role!r} is not one of {', '.join(USER_ROLES)}"
+            )
+        grouped[role].append({k: v for k, v in user.items() if k != "role"})
+    return grouped
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -166,6 +221,36 @@ def _hostport(parts: SplitResult) -> str:
     return f"{host}:{parts.port}" if parts.port else str(host)
 
 
+# certbot's lines that never say what went wrong.
+_CERTBOT_BOILERPLATE = (
+    "Saving debug log",
+    "Ask for help",
+    "See the logfile",
+    "Hint:",
+    "Some challenges have failed",
+    "An unexpected error occurred",
+    "Requesting a certificate",
+    "Account registered",
+    "Certbot failed to authenticate",  # the Identifier/Type/Detail lines that follow say why
+)
+CERTBOT_REASON_CHARS = 300
+
+
+def certbot_failure(result: Any, timeout: Any = None) -> str:
+    """One line: why a `certbot certonly` run (an Ansible command result) got no certificate."""
+    if not isinstance(result, dict):
+        raise AnsibleFilterError("certbot_failure: expects the registered result of the command")
+    if result.get("rc") == 124:  # timeout(1)
+        return f"the ACME server gave no certificate within {timeout} s"
+    text = f"{result.get('stderr', '')}\n{result.get('stdout', '')}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_CERTBOT_BOILERPLATE)]
+    reason = "; ".join(useful) or result.get("msg") or f"certbot exited {result.get('rc')}"
+    if len(reason) > CERTBOT_REASON_CHARS:
+        reason = reason[: CERTBOT_REASON_CHARS - 3] + "..."
+    return reason
+
+
 class FilterModule:
     """mlflow-aws derived values."""
 
@@ -176,6 +261,9 @@ class FilterModule:
             "mlflow_cors_origins": mlflow_cors_origins,
             "mlflow_dsn_without_password": mlflow_dsn_without_password,
             "mlflow_dsn_password": mlflow_dsn_password,
+            "mlflow_dsn_with_login": mlflow_dsn_with_login,
             "systemd_env_quote": systemd_env_quote,
             "nginx_credential_digest": nginx_credential_digest,
+            "mlflow_users_by_role": mlflow_users_by_role,
+            "certbot_failure": certbot_failure,
         }

@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests on real Debian 12 hosts (see standin).
+"""Fixtures for end-to-end tests on real Debian 13 hosts (see standin; Debian 12: test_debian12.py).
 
 `testbed` (session): 2 booted hosts + PostgreSQL + moto S3 + outputs.json, torn down at the
 end. It FAILS (never skips) when this machine cannot run test hosts, naming what is missing.

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +27,12 @@ from standin.playbook import PlaybookRun, run_playbook
 from standin.util import REPO_ROOT
 from tests.integration.figures import figure
 
-USERS = ["team", "alice"]
+USERS = ["team", "alice", "scraper", "viewer"]
+# Roles other than the default (write): scraper may read /metrics and nothing else
+# (test_metrics.py), viewer may only read (test_read_only.py).
+METRICS_USER = "scraper"
+READ_USER = "viewer"
+ROLES = {METRICS_USER: "metrics", READ_USER: "read"}
 STACK = "e2e"
 # The release the mlflow role installs: its default.
 MLFLOW_DEFAULTS = REPO_ROOT / "ansible" / "roles" / "mlflow" / "defaults" / "main.yml"
@@ -96,13 +104,29 @@ class Stack:
         )
 
 
+def write_users(path: Path, names: list[str]) -> Path:
+    """An extra-vars file with the mlflow_users entries of `names` (roles from ROLES)."""
+    users = [{"name": user, **({"role": ROLES[user]} if user in ROLES else {})} for user in names]
+    path.write_text(json.dumps({"mlflow_users": users}))
+    return path
+
+
+def without_readers(work: Path) -> Path:
+    """The users minus the reader: for deploying an MLflow release other than the pinned one,
+    which the playbook refuses while a reader's route map comes from another release."""
+    return write_users(work / "users-without-readers.json", [u for u in USERS if u != READ_USER])
+
+
 def configure_stack(
-    testbed: Testbed, work: Path, outputs_file: Path | None = None, extra: tuple[str, ...] = ()
+    testbed: Testbed,
+    work: Path,
+    outputs_file: Path | None = None,
+    extra: tuple[str, ...] = (),
+    users: list[str] = USERS,
 ) -> Stack:
     """The hosts configured by a cold run, then a second run (which must change nothing)."""
     credentials_dir = work / "credentials"
-    users_file = work / "users.json"
-    users_file.write_text(json.dumps({"mlflow_users": [{"name": user} for user in USERS]}))
+    users_file = write_users(work / "users.json", users)
     configured = Stack(testbed, credentials_dir, users_file, None, None)  # type: ignore[arg-type]
     configured.outputs_file, configured.extra = outputs_file, extra
     configured.cold = configured.configure().check()
@@ -122,3 +146,19 @@ def wait_serving(stack: Stack, host: Host, timeout: float) -> float:
             pass
         time.sleep(0.2)
     raise AssertionError(f"{host.name} not serving within {timeout} s")
+
+
+def raw_request(stack: Stack, host: Host, user: str, method: str, target: str) -> tuple[int, str]:
+    """One request exactly as spelled (requests and urllib3 would normalise the path)."""
+    context = ssl.create_default_context(cafile=str(stack.cert(host)))
+    connection = http.client.HTTPSConnection(host.ip, 443, context=context, timeout=30)
+    credentials = f"{user}:{stack.password(user)}".encode()
+    headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+    body = '{"max_results": 1}' if method in ("POST", "PUT", "PATCH") else None
+    if body:
+        headers["Content-Type"] = "application/json"
+    connection.request(method, target, body=body, headers=headers)
+    response = connection.getresponse()
+    text = response.read().decode(errors="replace")
+    connection.close()
+    return response.status, text

@@ -1,4 +1,4 @@
-"""End to end: the real playbook configures two real Debian 12 hosts; the MLflow client uses them.
+"""End to end: the real playbook configures two real Debian 13 hosts; the MLflow client uses them.
 
 Everything goes through each host's public HTTPS address (nginx, TLS, basic auth), as a user's
 training job would: the hosts are systemd-nspawn machines on the test network, PostgreSQL and an
@@ -20,7 +20,7 @@ import requests
 from standin import Host
 from tests.integration.figures import figure
 from tests.integration.hammer import Hammer
-from tests.integration.stack import USERS, Stack, wait_serving
+from tests.integration.stack import READ_USER, USERS, Stack, raw_request, wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -196,18 +196,19 @@ def restore_after(stack: Stack) -> Iterator[None]:
 
 
 def test_rotation_refuses_old_password_at_once_and_drops_no_request(stack: Stack) -> None:
+    """`make rotate USER=alice` and `USER=viewer` in one run: a writer and a reader."""
     host = stack.bed.hosts[0]
-    old = stack.password("alice")
+    rotated = ["alice", READ_USER]
+    old = {user: stack.password(user) for user in rotated}
     nginx_pid = host.run(["cat", "/run/nginx.pid"]).stdout.strip()
     api = stack.url(host, "/api/2.0/mlflow/experiments/search?max_results=1")
     with Hammer(api, ("team", stack.password("team")), stack.cert(host)) as hammer:
-        (
-            stack.stack_dir / "users" / "alice.password"
-        ).unlink()  # what `make rotate USER=alice` does
+        for user in rotated:  # what `make rotate USER=<user>` does
+            (stack.stack_dir / "users" / f"{user}.password").unlink()
         rotation = stack.configure(echo=False).check()
         time.sleep(1)
-    new = stack.password("alice")
-    assert new != old
+    new = {user: stack.password(user) for user in rotated}
+    assert all(new[user] != old[user] for user in rotated)
     assert rotation.changed()[host.name] >= 1
     figure(f"{hammer.ok} answered during the rotation, {hammer.resent} resent after a reload")
     assert hammer.failures == []
@@ -215,10 +216,30 @@ def test_rotation_refuses_old_password_at_once_and_drops_no_request(stack: Stack
     assert hammer.resent <= 1  # one reload, one connection
     auth_url = stack.url(host, "/api/2.0/mlflow/experiments/search?max_results=1")
     cert = stack.cert(host)
-    assert requests.get(auth_url, auth=("alice", old), verify=cert, timeout=10).status_code == 401
-    assert requests.get(auth_url, auth=("alice", new), verify=cert, timeout=10).status_code == 200
+
+    def status(user: str, password: str) -> int:
+        return requests.get(auth_url, auth=(user, password), verify=cert, timeout=10).status_code
+
+    assert [status(user, old[user]) for user in rotated] == [401, 401]
+    assert [status(user, new[user]) for user in rotated] == [200, 200]
     # Reloaded, never restarted: the nginx master process is the same one.
     assert host.run(["cat", "/run/nginx.pid"]).stdout.strip() == nginx_pid
+    # The reader keeps its role, and the fast path (the digest map, checked before htpasswd's
+    # slow hash) knows its new password: with htpasswd emptied, it still reads and cannot write.
+    search = "/api/2.0/mlflow/experiments/search"
+    htpasswd = "/etc/nginx/mlflow/htpasswd"
+    saved = host.read_file(htpasswd)
+    host.run(["sh", "-c", f"cp -p {htpasswd} {htpasswd}.new && : > {htpasswd}.new && "
+              f"mv {htpasswd}.new {htpasswd}"])  # fmt: skip
+    try:
+        assert raw_request(stack, host, READ_USER, "POST", search)[0] == 200
+        status, text = raw_request(
+            stack, host, READ_USER, "POST", search.replace("search", "create")
+        )
+        assert (status, "read-only" in text) == (403, True)
+    finally:
+        host.write_file(htpasswd, saved, mode="0640")
+        host.run(["chgrp", "www-data", htpasswd])
 
 
 def app_import_seconds(host: Host) -> float:

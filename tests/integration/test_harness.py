@@ -1,4 +1,4 @@
-"""The test harness itself: real hosts that behave like fresh Debian 12 EC2 instances."""
+"""The test harness itself: real hosts that behave like fresh Debian 13 EC2 instances."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from standin import HarnessError, Host, Slot, Testbed, deps, network
 from standin.network import IP_FORWARD
 from standin.slot import other_slots
-from standin.util import REPO_ROOT
+from standin.util import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -91,10 +91,23 @@ def test_hosts_reach_package_mirrors_and_trust_the_machine_cas(testbed: Testbed)
 def test_outputs_file_has_the_stack_outputs_shape(testbed: Testbed) -> None:
     assert stat.S_IMODE(testbed.outputs_file.stat().st_mode) == 0o600
     outputs = json.loads(testbed.outputs_file.read_text())
+    # Each host's pinned SSH host key is the one the host presents (read over SSH, not from the
+    # harness's own copy).
+    presented = {
+        h.name: " ".join(h.ssh(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[:2])
+        for h in testbed.hosts
+    }
     assert outputs["hosts"] == [
-        {"name": h.name, "public_ip": h.ip, "private_ip": h.ip, "public_dns": f"{h.name}.test"}
+        {
+            "name": h.name,
+            "public_ip": h.ip,
+            "private_ip": h.ip,
+            "public_dns": f"{h.name}.test",
+            "ssh_host_key": presented[h.name],
+        }
         for h in testbed.hosts
     ]
+    assert all(key.startswith("ssh-ed25519 AAAA") for key in presented.values())
     assert outputs["ssh_user"] == "admin"
     assert outputs["ssh_private_key"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert outputs["db_dsn"].startswith("postgresql://mlflow:")
@@ -116,6 +129,14 @@ def test_database_answers_and_survives_an_outage(testbed: Testbed) -> None:
     finally:
         testbed.postgres.start()
     assert testbed.query("SELECT %s::int", (7,)) == [(7,)]
+
+
+def test_hosts_run_debian_13_and_the_database_postgresql_17(testbed: Testbed) -> None:
+    """The default `os` and RDS's default major version, as a user gets them."""
+    release = testbed.hosts[0].run(["cat", "/etc/os-release"]).stdout
+    assert 'VERSION_ID="13"' in release
+    assert "trixie" in release
+    assert testbed.query("SHOW server_version_num")[0][0].startswith("17")
 
 
 def test_database_refuses_a_wrong_password(testbed: Testbed) -> None:
@@ -151,8 +172,10 @@ def test_reboot_from_inside_over_ssh(testbed: Testbed) -> None:
     host = testbed.hosts[1]
     leader = host.leader_pid()
     host.ssh("sudo systemctl reboot", check=False)
+    # `systemctl reboot` returns before the host goes down: SSH may still answer from the old boot.
+    wait_for("a new PID 1", lambda: host.leader_pid() not in (None, leader), 60)
     host.wait_ssh(60)
-    assert host.leader_pid() not in (None, leader)
+    assert host.ssh("cat /proc/1/comm").stdout.strip() == "systemd"
 
 
 def test_stop_and_start_keep_the_state(testbed: Testbed) -> None:
@@ -168,7 +191,8 @@ def test_stop_and_start_keep_the_state(testbed: Testbed) -> None:
 
 def test_kill_a_process_inside(testbed: Testbed) -> None:
     host = testbed.hosts[0]
-    host.run(["systemd-run", "--unit=harness-sleep", "sleep", "600"])
+    # Type=exec: systemd-run returns once sleep runs, not while it is still being forked.
+    host.run(["systemd-run", "--unit=harness-sleep", "--service-type=exec", "sleep", "600"])
     assert host.kill("sleep", "KILL") == 1
     host.run(["sh", "-c", "while systemctl is-active -q harness-sleep; do sleep 0.1; done"])
     host.run(["systemctl", "reset-failed", "harness-sleep"], check=False)

@@ -26,7 +26,7 @@ import pytest
 from standin import Host
 from standin.playbook import PlaybookRun, run_playbook
 from tests.integration.figures import figure
-from tests.integration.stack import PINNED_VERSION, STACK, Stack, wait_serving
+from tests.integration.stack import PINNED_VERSION, STACK, Stack, wait_serving, without_readers
 
 pytestmark = pytest.mark.integration
 
@@ -431,7 +431,9 @@ def test_guarded_upgrade(stack: Stack, client_env: None, tmp_path: Path) -> None
         first.systemctl("stop", "mlflow")
         second.systemctl("stop", "mlflow")
         stack.bed.query("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        old = configure(stack, "-e", f"mlflow_version={OLD_VERSION}", *limit).check()
+        writers = without_readers(tmp_path)  # the reader's route map is the pinned release's
+        old = configure(stack, "-e", f"@{writers}", "-e", f"mlflow_version={OLD_VERSION}", *limit)
+        old.check()
         assert served_version(stack, second) == OLD_VERSION
         old_revision = alembic_revision(stack)
         run_id = log_a_run(stack, second, tmp_path)
@@ -461,7 +463,7 @@ def test_guarded_upgrade(stack: Stack, client_env: None, tmp_path: Path) -> None
             "TASK [mlflow : Dump the database",
             "TASK [mlflow : Upgrade the database schema",
             "TASK [mlflow : Switch the serving release",
-            "RUNNING HANDLER [systemd : Restart MLflow]",
+            "TASK [systemd : Restart MLflow]",
         ), upgrade.output[-4000:]
         assert served_version(stack, second) == PINNED_VERSION
         assert serving_venv(second) == f"/opt/mlflow/venv-{PINNED_VERSION}"
@@ -514,13 +516,14 @@ def assert_restorable_dump(stack: Stack, key: str, tmp_path: Path, run_id: str) 
     body = stack.bed.s3.client().get_object(Bucket=stack.bed.s3.bucket, Key=key)["Body"].read()
     dump.write_bytes(body)
     assert body.startswith(b"PGDMP")
-    pg_restore = stack.bed.postgres.bindir / "pg_restore"
+    # PostgreSQL 17's own pg_restore (the database's major), reading the archive from stdin.
+    pg_restore = stack.bed.postgres.tool("pg_restore")
     listing = subprocess.run(
-        [pg_restore, "--list", dump], capture_output=True, text=True, check=True
-    ).stdout
+        [*pg_restore, "--list"], input=body, capture_output=True, check=True
+    ).stdout.decode()
     assert "TABLE DATA public metrics" in listing
     sql = subprocess.run(
-        [pg_restore, "--data-only", "--table=runs", "-f", "-", dump],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [*pg_restore, "--data-only", "--table=runs", "-f", "-"],
+        input=body, capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
     assert run_id in sql

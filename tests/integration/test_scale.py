@@ -23,14 +23,21 @@ import pytest
 import requests
 
 from infra.outputs import check_names
-from standin import Slot, Testbed
+from standin import Host, Slot, Testbed
 from standin.playbook import PlaybookRun
 from standin.slot import from_env
 from standin.util import REPO_ROOT
 from tests.integration.balancer import DRAIN_SECONDS, Balancer
 from tests.integration.figures import figure
 from tests.integration.hammer import Hammer
-from tests.integration.stack import PINNED_VERSION, Stack, configure_stack, running_bed
+from tests.integration.stack import (
+    PINNED_VERSION,
+    READ_USER,
+    USERS,
+    Stack,
+    configure_stack,
+    running_bed,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.scale]
 
@@ -38,6 +45,7 @@ HOSTS = 3
 OLD_VERSION = "3.16.1"  # deployed first; the upgrade test moves to the pinned release
 API = "/api/2.0/mlflow/experiments/search?max_results=1"
 CONFIGURE_PLAY = "PLAY [Configure the MLflow servers]"
+RESTART_PLAY = "PLAY [Restart MLflow where needed, one batch of hosts at a time]"
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,9 @@ def scaled(bed: Testbed, balancer: Balancer, tmp_path_factory: pytest.TempPathFa
     outputs_file.write_text(json.dumps(check_names(bed.outputs() | balanced)))
     work = tmp_path_factory.mktemp("scaled")
     (work / "old.yml").write_text(f"mlflow_version: {OLD_VERSION}\n")
-    return configure_stack(bed, work, outputs_file, ("-e", f"@{work / 'old.yml'}"))
+    # No reader: the read-route map is derived from the pinned release, not the older one.
+    writers = [user for user in USERS if user != READ_USER]
+    return configure_stack(bed, work, outputs_file, ("-e", f"@{work / 'old.yml'}"), writers)
 
 
 def through(stack: Stack, balancer: Balancer, user: str = "team", **kwargs) -> requests.Response:
@@ -81,6 +91,17 @@ def configure_plays(run: PlaybookRun) -> int:
     return run.output.count(CONFIGURE_PLAY)
 
 
+def restart_batches(run: PlaybookRun) -> int:
+    """Batches of the restart play: Ansible prints its banner once per batch, and once followed
+    by "skipping: no hosts matched" when no host must restart (not a batch)."""
+    banner = re.escape(RESTART_PLAY) + r" \**\n+(?!\n|skipping: no hosts matched)"
+    return len(re.findall(banner, run.output))
+
+
+def mlflow_pid(host: Host) -> str:
+    return host.systemctl("show", "-p", "MainPID", "--value", "mlflow").stdout.strip()
+
+
 def drained_hosts(balancer: Balancer, since: int) -> Counter[str]:
     """Hosts HAProxy took out because /health answered 503 (a drain, not a crash)."""
     text = balancer.log.read_text()[since:]
@@ -89,12 +110,15 @@ def drained_hosts(balancer: Balancer, since: int) -> Counter[str]:
     return Counter(re.findall(pattern, text, flags=re.MULTILINE))
 
 
-def test_first_deploy_configures_every_host_at_once_then_one_at_a_time(scaled: Stack) -> None:
-    assert configure_plays(scaled.cold) == 1  # all three hosts in one batch
-    assert configure_plays(scaled.rerun) == HOSTS  # serving: one host per batch
+def test_first_deploy_configures_every_host_at_once_then_restarts_none(scaled: Stack) -> None:
+    assert configure_plays(scaled.cold) == 1  # all three hosts at once
+    assert restart_batches(scaled.cold) == 1  # nothing served yet: all three started at once
+    # Serving, nothing to change: one pass over all hosts at once, no host restarts.
+    assert configure_plays(scaled.rerun) == 1
+    assert restart_batches(scaled.rerun) == 0
     assert scaled.rerun.changed() == {h.name: 0 for h in scaled.bed.hosts}
     cold, rerun = scaled.cold.seconds, scaled.rerun.seconds
-    figure(f"cold deploy of {HOSTS} hosts {cold:.0f} s, no-op rerun host by host {rerun:.0f} s")
+    figure(f"cold deploy of {HOSTS} hosts {cold:.0f} s, no-op rerun {rerun:.0f} s")
 
 
 def test_requests_spread_over_every_host(scaled: Stack, balancer: Balancer) -> None:
@@ -132,6 +156,7 @@ def test_stopped_host_costs_no_request_once_the_health_check_drops_it(
 
 def test_rolling_rotation_drops_no_request(scaled: Stack, balancer: Balancer) -> None:
     old = scaled.password("alice")
+    pids = {host.name: mlflow_pid(host) for host in scaled.bed.hosts}
     (scaled.stack_dir / "users" / "alice.password").unlink()  # what `make rotate USER=alice` does
     with Hammer(
         balancer.url + API, ("team", scaled.password("team")), balancer.certificate
@@ -142,7 +167,10 @@ def test_rolling_rotation_drops_no_request(scaled: Stack, balancer: Balancer) ->
           f"balancer, {hammer.resent} resent, served by {dict(hammer.served_by)}")  # fmt: skip
     assert hammer.failures == []
     assert hammer.ok > 20
-    assert configure_plays(rotation) == HOSTS
+    # A password change reloads nginx (graceful) on every host at once; MLflow keeps running.
+    assert configure_plays(rotation) == 1
+    assert restart_batches(rotation) == 0
+    assert {host.name: mlflow_pid(host) for host in scaled.bed.hosts} == pids
     assert sorted(rotation.changed()) == sorted(h.name for h in scaled.bed.hosts)
     assert all(count >= 1 for count in rotation.changed().values())
     # Same credentials on every host: the new password everywhere, the old one nowhere.
@@ -172,13 +200,18 @@ def test_rolling_upgrade_migrates_once_and_drops_no_request(
           f"resent, {len(hammer.failures)} failed; drained "
           f"{dict(drained_hosts(balancer, log_start))}")  # fmt: skip
     assert hammer.failures == []
-    assert configure_plays(upgrade) == HOSTS
+    # The new release staged on every host at once, then restarts one host at a time.
+    assert configure_plays(upgrade) == 1
+    assert restart_batches(upgrade) == HOSTS
+    installed = re.findall(r"TASK \[mlflow : Install MLflow.*\*+\n(?:changed: .*\n)+", output)
+    assert len(installed) == 1, installed
+    assert installed[0].count("changed: ") == HOSTS, installed
     # One migration (and one backup), before the first host restarts on the new release.
     migrations = re.findall(r"TASK \[mlflow : Upgrade the database schema.*\*+\nchanged: ", output)
     assert len(migrations) == 1
-    assert output.index("TASK [mlflow : Upgrade the database schema") < output.index(
-        "RUNNING HANDLER [systemd : Restart MLflow]"
-    )
+    first_restart = output.index("TASK [systemd : Restart MLflow]")
+    assert output.index("TASK [mlflow : Install MLflow") < first_restart
+    assert output.index("TASK [mlflow : Upgrade the database schema") < first_restart
     assert len(set(scaled.bed.list_objects("backups/")) - backups_before) == 1
     assert scaled.bed.query("SELECT version_num FROM alembic_version")[0][0] != revision_before
     # Each host was drained (health check 503) before its restart, one after the other.

@@ -51,7 +51,7 @@ def test_slot_0_names_and_addresses_have_no_suffix() -> None:
     assert slot.run_dir == Path("/run/mlflow-aws-testhosts")
     assert default_state_dir(slot) == REPO_ROOT / ".cache" / "testhosts"
     assert "listen_addresses = '10.77.0.1,127.0.0.1'\nport = 55432\n" in pg_conf(slot)
-    assert "host mlflow mlflow 10.77.0.0/24 scram-sha-256" in pg_hba(slot)
+    assert "host mlflow all 10.77.0.0/24 scram-sha-256" in pg_hba(slot)
 
 
 def test_slot_3_has_its_own_names_and_addresses(tmp_path: Path) -> None:

@@ -191,3 +191,104 @@ def test_nginx_credential_digest_is_what_secure_link_computes() -> None:
 def test_nginx_credential_digest_refuses_bad_credentials(name: str, password: object) -> None:
     with pytest.raises(AnsibleFilterError, match="needs a user name"):
         FILTERS["nginx_credential_digest"](name, password)
+
+
+def test_users_by_role_defaults_to_write_and_lists_every_role() -> None:
+    users = [
+        {"name": "team", "password": "a"},
+        {"name": "prom", "password": "b", "role": "metrics"},
+        {"name": "ci", "password": "c", "role": "write"},
+        {"name": "viewer", "password": "d", "role": "read"},
+    ]
+    grouped = FILTERS["mlflow_users_by_role"](users)
+    assert set(grouped) == {"write", "read", "metrics"}
+    assert [u["name"] for u in grouped["write"]] == ["team", "ci"]
+    assert grouped["read"] == [{"name": "viewer", "password": "d"}]
+    assert grouped["metrics"] == [{"name": "prom", "password": "b"}]
+    assert FILTERS["mlflow_users_by_role"]([]) == {"write": [], "read": [], "metrics": []}
+
+
+@pytest.mark.parametrize(
+    ("users", "message"),
+    [
+        (
+            [{"name": "prom", "role": "admin"}],
+            "user prom: role 'admin' is not one of write, read, metrics",
+        ),
+        ([{"role": "metrics"}], "every user needs a name"),
+        ("team", "needs a list of users"),
+    ],
+)
+def test_users_by_role_refuses_unknown_roles(users: Any, message: str) -> None:
+    with pytest.raises(AnsibleFilterError, match=message):
+        FILTERS["mlflow_users_by_role"](users)
+
+
+def test_dsn_with_login_replaces_user_and_password() -> None:
+    dsn = "postgresql://master:secret@db.internal:5432/mlflow"
+    login = {"user": "mlflow_a", "password": "p@ss/word"}
+    assert (
+        FILTERS["mlflow_dsn_with_login"](dsn, login)
+        == "postgresql://mlflow_a:p%40ss%2Fword@db.internal:5432/mlflow"
+    )
+    assert FILTERS["mlflow_dsn_with_login"](dsn, {}) == dsn
+    with pytest.raises(AnsibleFilterError, match="needs a user and a password"):
+        FILTERS["mlflow_dsn_with_login"](dsn, {"user": "mlflow_a"})
+
+
+# ---------------------------------------------------------------- certbot_failure
+
+LOG = "Saving debug log to /var/log/letsencrypt/letsencrypt.log"
+HELP = (
+    "Ask for help or search for solutions at https://community.letsencrypt.org. See the logfile "
+    "/var/log/letsencrypt/letsencrypt.log or re-run Certbot with -v for more details."
+)
+CERTBOT_REFUSED = "\n".join([
+    LOG,
+    "An unexpected error occurred:",
+    "requests.exceptions.ConnectionError: HTTPSConnectionPool(host='10.77.8.1', port=56080): "
+    "Max retries exceeded with url: /dir (Caused by NewConnectionError(\"Failed to establish a "
+    "new connection: [Errno 111] Connection refused\"))",
+    HELP,
+])  # fmt: skip
+CERTBOT_CHALLENGE = "\n".join([
+    LOG,
+    "Requesting a certificate for 203.0.113.10",
+    "",
+    "Certbot failed to authenticate some domains (authenticator: webroot). The Certificate "
+    "Authority reported these problems:",
+    "  Identifier: 203.0.113.10",
+    "  Type: connection",
+    "  Detail: 203.0.113.10: Fetching http://203.0.113.10/.well-known/acme-challenge/x: "
+    "Timeout during connect (likely firewall problem)",
+    "",
+    "Hint: The Certificate Authority failed to download the temporary challenge files.",
+    "Some challenges have failed.",
+    HELP,
+])  # fmt: skip
+
+
+def test_certbot_failure_is_one_line_with_the_reason() -> None:
+    reason = FILTERS["certbot_failure"]({"rc": 1, "stderr": CERTBOT_REFUSED, "stdout": ""})
+    assert "\n" not in reason
+    assert len(reason) <= 300
+    assert reason.startswith("requests.exceptions.ConnectionError: HTTPSConnectionPool")
+    assert "Saving debug log" not in reason
+    assert "Ask for help" not in reason
+
+
+def test_certbot_failure_names_the_failed_challenge() -> None:
+    reason = FILTERS["certbot_failure"]({"rc": 1, "stderr": CERTBOT_CHALLENGE, "stdout": ""})
+    assert "\n" not in reason
+    assert "Identifier: 203.0.113.10; Type: connection; Detail:" in reason
+    assert "Hint:" not in reason
+
+
+def test_certbot_failure_after_the_timeout() -> None:
+    reason = FILTERS["certbot_failure"]({"rc": 124, "stderr": "", "stdout": ""}, 180)
+    assert reason == "the ACME server gave no certificate within 180 s"
+
+
+def test_certbot_failure_needs_a_result() -> None:
+    with pytest.raises(AnsibleFilterError):
+        FILTERS["certbot_failure"]("failed")

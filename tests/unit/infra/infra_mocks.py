@@ -33,6 +33,7 @@ EIP_PUBLIC_IP = "203.0.113.10"
 EIP_PUBLIC_DNS = f"ec2-203-0-113-10.{REGION}.compute.amazonaws.com"
 INSTANCE_PRIVATE_IP = "10.0.0.10"
 DB_ADDRESS = f"mlflow-aws-test-db.abcdefghijkl.{REGION}.rds.amazonaws.com"
+DB_IDENTIFIER = "mlflow-aws-test-db-3f2a1b0"  # what Pulumi's auto-naming gives the instance
 DB_PASSWORD = "Abc123def456ghi789jkl012mno345pq"
 BUCKET_NAME = "mlflow-aws-test-20260101000000000000000001"
 GENERATED_PRIVATE_KEY = (
@@ -42,8 +43,14 @@ GENERATED_PUBLIC_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMOCKMOCKMOCKMOCKMOCKMOCKMOCKMOCKMOCKMOCKMOCK"
 )
 AMI_ID = "ami-0123456789abcdef0"
+ACCOUNT_ID = "123456789012"
 ALB_DNS = f"mlflow-aws-test-alb-123456789.{REGION}.elb.amazonaws.com"
+ALB_ZONE_ID = "Z32O12XQLNTSW2"
+VALIDATION_TOKEN = "a79865eb4cd1a6ab990a45779b4e0b96"
 SELF_SIGNED_PEM = "-----BEGIN CERTIFICATE-----\nMOCK-LB\n-----END CERTIFICATE-----\n"
+# What CloudWatch's LoadBalancer and TargetGroup dimensions take: the ARNs' last parts.
+_ALB_SUFFIX = "app/{}/50dc6c495c0c9188"
+_TG_SUFFIX = "targetgroup/{}/73e2d6bc24d8a067"
 _HOST = re.compile(r"^mlflow-test-(\d+)")
 
 
@@ -106,6 +113,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
             zones = self.offered_zones
             return {"locations": zones, "locationTypes": ["availability-zone"] * len(zones)}, []
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/op"}, []
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": AMI_ID, "imageId": AMI_ID, "architecture": "x86_64"}, []
         return {}, []
@@ -122,15 +131,46 @@ def _computed(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         host = host_addresses(_host_index(name))
         return {"publicIp": host["public_ip"], "publicDns": host["public_dns"]}
     if typ == "aws:lb/loadBalancer:LoadBalancer":
-        return {"dnsName": ALB_DNS, "arn": f"arn:aws:elasticloadbalancing:{REGION}:1:lb/{name}"}
-    if typ in ("aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):
+        return {
+            "dnsName": ALB_DNS,
+            "arn": f"arn:aws:elasticloadbalancing:{REGION}:1:loadbalancer/"
+            + _ALB_SUFFIX.format(name),
+            "arnSuffix": _ALB_SUFFIX.format(name),
+            "zoneId": ALB_ZONE_ID,
+        }
+    if typ == "aws:lb/targetGroup:TargetGroup":
+        return {
+            "arn": f"arn:aws:elasticloadbalancing:{REGION}:1:{_TG_SUFFIX.format(name)}",
+            "arnSuffix": _TG_SUFFIX.format(name),
+        }
+    if typ == "aws:lb/listener:Listener":
         return {"arn": f"arn:aws:elasticloadbalancing:{REGION}:1:{name}"}
+    if typ == "aws:kms/key:Key":
+        return {"arn": f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/{name}", "keyId": f"{name}-key-id"}
+    if typ == "aws:sns/topic:Topic":
+        return {"arn": f"arn:aws:sns:{REGION}:{ACCOUNT_ID}:{name}"}
     if typ == "aws:acm/certificate:Certificate":
-        return {"arn": f"arn:aws:acm:{REGION}:1:certificate/{name}"}
+        computed: dict[str, Any] = {"arn": f"arn:aws:acm:{REGION}:1:certificate/{name}"}
+        if inputs.get("validationMethod") == "DNS":
+            computed["domainValidationOptions"] = [{
+                "domainName": inputs["domainName"],
+                "resourceRecordName": f"_{VALIDATION_TOKEN}.{inputs['domainName']}.",
+                "resourceRecordType": "CNAME",
+                "resourceRecordValue": f"_{VALIDATION_TOKEN}.acm-validations.aws.",
+            }]  # fmt: skip
+        return computed
+    if typ == "aws:acm/certificateValidation:CertificateValidation":
+        return {"certificateArn": inputs["certificateArn"]}
+    if typ == "aws:route53/record:Record":
+        return {"fqdn": str(inputs["name"]).rstrip(".")}
     if typ == "tls:index/selfSignedCert:SelfSignedCert":
         return {"certPem": SELF_SIGNED_PEM}
     if typ == "aws:rds/instance:Instance":
-        return {"address": DB_ADDRESS, "endpoint": f"{DB_ADDRESS}:5432"}
+        return {
+            "address": DB_ADDRESS,
+            "endpoint": f"{DB_ADDRESS}:5432",
+            "identifier": DB_IDENTIFIER,
+        }
     if typ == "random:index/randomPassword:RandomPassword":
         return {"result": DB_PASSWORD}
     if typ == "random:index/randomId:RandomId":

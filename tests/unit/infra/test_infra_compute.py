@@ -6,9 +6,11 @@ import json
 
 import pulumi
 import pytest
+import yaml
 from infra_mocks import (
     AMI_ID,
     BUCKET_NAME,
+    GENERATED_PRIVATE_KEY,
     GENERATED_PUBLIC_KEY,
     Resources,
     after_registration,
@@ -16,6 +18,7 @@ from infra_mocks import (
 )
 
 GET_AMI = "aws:ec2/getAmi:getAmi"
+SECRET_SIG, SECRET_MARKER = "4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270"
 OPERATOR_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAblW2M0gfe7BylX6rzxEMly6GaRw8/tq+CIAkv/5C8j op@laptop"
 )
@@ -51,6 +54,22 @@ def test_root_volume_is_encrypted_gp3_ebs_encryption():
 @pytest.mark.parametrize(
     ("os_name", "instance_type", "owner", "name_filter", "arch", "ssh_user"),
     [
+        (
+            "debian-13",
+            "t3.medium",
+            "136693071363",
+            "debian-13-amd64-*",
+            "x86_64",
+            "admin",
+        ),
+        (
+            "debian-13",
+            "t4g.medium",
+            "136693071363",
+            "debian-13-arm64-*",
+            "arm64",
+            "admin",
+        ),
         (
             "ubuntu-24.04",
             "t3.medium",
@@ -101,6 +120,21 @@ def test_image_lookup_and_ssh_user(os_name, instance_type, owner, name_filter, a
         assert instance["instanceType"] == instance_type
         assert stack.outputs["ssh_user"] == ssh_user
 
+    return after_registration(stack, check)
+
+
+@pulumi.runtime.test
+def test_default_os_is_debian_13_the_os_the_tests_boot():
+    """No `os` setting: Debian 13 from the Debian cloud team, SSH user admin."""
+
+    def check(res: Resources) -> None:
+        (call,) = res.calls_to(GET_AMI)
+        assert call.args["owners"] == ["136693071363"]
+        filters = {f["name"]: f["values"] for f in call.args["filters"]}
+        assert filters["name"] == ["debian-13-amd64-*"]
+        assert stack.outputs["ssh_user"] == "admin"
+
+    stack = fresh_stack()
     return after_registration(stack, check)
 
 
@@ -177,7 +211,12 @@ def test_instance_profile_carries_the_ec2_role():
 @pulumi.runtime.test
 def test_operator_public_key_is_used_when_given():
     def check(res: Resources) -> None:
-        assert not res.of_type("tls:index/privateKey:PrivateKey"), "no key to generate"
+        login_keys = [
+            key
+            for key in res.of_type("tls:index/privateKey:PrivateKey")
+            if "host-key" not in key.name
+        ]
+        assert not login_keys, "no login key to generate"
         key_pair = res.one("aws:ec2/keyPair:KeyPair")
         assert key_pair.inputs["publicKey"] == OPERATOR_KEY
         instance = res.one("aws:ec2/instance:Instance")
@@ -189,8 +228,44 @@ def test_operator_public_key_is_used_when_given():
 @pulumi.runtime.test
 def test_ed25519_key_is_generated_without_operator_key():
     def check(res: Resources) -> None:
-        generated = res.one("tls:index/privateKey:PrivateKey")
+        (generated,) = [
+            key
+            for key in res.of_type("tls:index/privateKey:PrivateKey")
+            if "host-key" not in key.name
+        ]
         assert generated.inputs["algorithm"] == "ED25519"
         assert res.one("aws:ec2/keyPair:KeyPair").inputs["publicKey"] == GENERATED_PUBLIC_KEY
 
     return after_registration(fresh_stack(), check)
+
+
+@pulumi.runtime.test
+def test_each_host_gets_a_generated_ssh_host_key_installed_by_cloud_init():
+    """The operator's first connection verifies the host key the stack made (SECURITY.md)."""
+
+    def check(res: Resources) -> None:
+        instances = res.of_type("aws:ec2/instance:Instance")
+        host_keys = [
+            key for key in res.of_type("tls:index/privateKey:PrivateKey") if "host-key" in key.name
+        ]
+        names = sorted(key.name for key in host_keys)
+        assert names == ["mlflow-test-1-host-key", "mlflow-test-2-host-key"]
+        assert {key.inputs["algorithm"] for key in host_keys} == {"ED25519"}
+        for instance in instances:
+            # Secret in the state (Pulumi's secret marker on the wire): it holds the private key.
+            wrapped = instance.inputs["userData"]
+            assert wrapped[SECRET_SIG] == SECRET_MARKER, "user data would be stored in plain text"
+            user_data = wrapped["value"]
+            assert user_data.startswith("#cloud-config\n")
+            config = yaml.safe_load(user_data)
+            assert config["ssh_keys"] == {
+                "ed25519_private": GENERATED_PRIVATE_KEY,
+                "ed25519_public": GENERATED_PUBLIC_KEY,
+            }
+            # No other host key is generated or kept from the image.
+            assert config["ssh_deletekeys"] is True
+            assert config["ssh_genkeytypes"] == []
+            # A key change means a new instance: cloud-init installs keys at first boot only.
+            assert instance.inputs["userDataReplaceOnChange"] is True
+
+    return after_registration(fresh_stack(instances=2), check)

@@ -102,8 +102,35 @@ def test_engine_class_and_names():
         assert db["allocatedStorage"] == 20
         assert db["storageType"] == "gp3"
         assert db["deletionProtection"] is False
+        assert db["maxAllocatedStorage"] == 100, "storage autoscaling on by default"
+        assert db["multiAz"] is False
 
     return after_registration(fresh_stack(), check)
+
+
+@pulumi.runtime.test
+def test_storage_autoscaling_off_and_multi_az():
+    def check(res: Resources) -> None:
+        db = res.one(RDS).inputs
+        assert db["maxAllocatedStorage"] == 0, "0 turns storage autoscaling off"
+        assert db["multiAz"] is True
+        # The standby needs the subnet group's second zone.
+        group = res.one("aws:rds/subnetGroup:SubnetGroup")
+        zones = {res.by_id(i).inputs["availabilityZone"] for i in group.inputs["subnetIds"]}
+        assert len(zones) == 2
+
+    return after_registration(fresh_stack(dbMaxAllocatedStorage=0, dbMultiAz=True), check)
+
+
+@pulumi.runtime.test
+def test_storage_autoscaling_ceiling_follows_setting():
+    def check(res: Resources) -> None:
+        db = res.one(RDS).inputs
+        assert (db["allocatedStorage"], db["maxAllocatedStorage"]) == (200, 1000)
+
+    return after_registration(
+        fresh_stack(dbAllocatedStorage=200, dbMaxAllocatedStorage=1000), check
+    )
 
 
 @pulumi.runtime.test

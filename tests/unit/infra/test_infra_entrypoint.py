@@ -23,6 +23,8 @@ def test_program_runs_from_pulumi_config_and_exports_the_contract(stack_config, 
         "artifacts_destination",
         "region",
         "url",
+        "alarm_topic_arn",
+        "tls",
     }
     assert exported["region"] == "eu-west-1"
     instance = [r for r in MOCKS.resources if r.type == "aws:ec2/instance:Instance"]

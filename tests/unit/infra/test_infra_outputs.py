@@ -10,6 +10,7 @@ from infra_mocks import (
     EIP_PUBLIC_DNS,
     EIP_PUBLIC_IP,
     GENERATED_PRIVATE_KEY,
+    GENERATED_PUBLIC_KEY,
     INSTANCE_PRIVATE_IP,
     REGION,
     fresh_stack,
@@ -18,7 +19,16 @@ from infra_mocks import (
 from infra.database import postgres_dsn
 from infra.outputs import OUTPUTS, REQUIRED
 
-CONTRACT_KEYS = {"hosts", "ssh_user", "db_dsn", "artifacts_destination", "region", "url"}
+CONTRACT_KEYS = {
+    "hosts",
+    "ssh_user",
+    "db_dsn",
+    "artifacts_destination",
+    "region",
+    "url",
+    "alarm_topic_arn",
+    "tls",
+}
 OPERATOR_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAblW2M0gfe7BylX6rzxEMly6GaRw8/tq+CIAkv/5C8j op@laptop"
 )
@@ -54,7 +64,7 @@ def test_secret_outputs_are_secret():
 def test_output_values():
     outputs = fresh_stack().outputs
     assert outputs["region"] == REGION
-    assert outputs["ssh_user"] == "ubuntu"
+    assert outputs["ssh_user"] == "admin"
 
     def check(values: list) -> None:
         hosts, dsn, destination, url, private_key = values
@@ -64,11 +74,13 @@ def test_output_values():
                 "public_ip": EIP_PUBLIC_IP,
                 "private_ip": INSTANCE_PRIVATE_IP,
                 "public_dns": EIP_PUBLIC_DNS,
+                "ssh_host_key": GENERATED_PUBLIC_KEY,
             }
         ]
         assert dsn == f"postgresql://mlflow:{DB_PASSWORD}@{DB_ADDRESS}:5432/mlflow"
         assert destination == f"s3://{BUCKET_NAME}/mlflow-artifacts"
-        assert url == f"https://{EIP_PUBLIC_DNS}"
+        # tlsMode acme (default) certifies the Elastic IP: clients use it, not the DNS name.
+        assert url == f"https://{EIP_PUBLIC_IP}"
         assert private_key.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
         assert private_key == GENERATED_PRIVATE_KEY
 

@@ -12,7 +12,8 @@ import pulumi
 import pytest
 from infra_mocks import (
     ALB_DNS,
-    EIP_PUBLIC_DNS,
+    EIP_PUBLIC_IP,
+    GENERATED_PUBLIC_KEY,
     MOCKS,
     OPERATOR_CIDR,
     REGION,
@@ -41,11 +42,21 @@ ATTACHMENT = "aws:lb/targetGroupAttachment:TargetGroupAttachment"
 ACM_CERT = "aws:acm/certificate:Certificate"
 SELF_SIGNED = "tls:index/selfSignedCert:SelfSignedCert"
 LOAD_BALANCER_TYPES = {ALB, TARGET_GROUP, LISTENER, ATTACHMENT, ACM_CERT, SELF_SIGNED}
-CONTRACT_KEYS = {"hosts", "ssh_user", "db_dsn", "artifacts_destination", "region", "url"}
+CONTRACT_KEYS = {
+    "hosts",
+    "ssh_user",
+    "db_dsn",
+    "artifacts_destination",
+    "region",
+    "url",
+    "alarm_topic_arn",
+    "tls",
+}
 CERT_ARN = f"arn:aws:acm:{REGION}:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
-# Every resource type of the one-host stack and how many of each (48 resources): the stack
-# before `instances` existed. Scaling must not add to, or take from, the default deployment.
+# Every resource type of the one-host stack and how many of each (57 resources): the stack
+# before `instances` existed, plus its alarms. Scaling must not add to, or take from, the
+# default deployment.
 ONE_HOST_STACK = {
     "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": 1,
     "aws:ec2/eip:Eip": 1,
@@ -73,6 +84,13 @@ ONE_HOST_STACK = {
     "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": 4,
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": 4,
     "mlflow-aws:infra:ArtifactStore": 1,
+    # Alarms: topic, its key, alias and policy; two host checks, free storage, CPU credits.
+    "aws:cloudwatch/metricAlarm:MetricAlarm": 4,
+    "aws:kms/alias:Alias": 1,
+    "aws:kms/key:Key": 1,
+    "aws:sns/topic:Topic": 1,
+    "aws:sns/topicPolicy:TopicPolicy": 1,
+    "mlflow-aws:infra:Alarms": 1,
     "mlflow-aws:infra:Database": 1,
     "mlflow-aws:infra:Network": 1,
     "mlflow-aws:infra:SecurityGroups": 1,
@@ -80,7 +98,7 @@ ONE_HOST_STACK = {
     "mlflow-aws:infra:ServerAccess": 1,
     "random:index/randomId:RandomId": 1,
     "random:index/randomPassword:RandomPassword": 1,
-    "tls:index/privateKey:PrivateKey": 1,
+    "tls:index/privateKey:PrivateKey": 2,  # the login key and the host's SSH host key
 }
 
 
@@ -122,7 +140,7 @@ def test_one_instance_is_the_one_host_stack_without_load_balancer(instances):
         assert world == {(web, 443), (web, 80)}, "one host takes HTTPS and HTTP itself"
 
     def check_url(url: str) -> None:
-        assert url == f"https://{EIP_PUBLIC_DNS}"
+        assert url == f"https://{EIP_PUBLIC_IP}"  # tlsMode acme: the certificate's address
 
     assert set(stack.outputs) == CONTRACT_KEYS | {"ssh_private_key"}
     return pulumi.Output.all(
@@ -369,7 +387,10 @@ def test_outputs_url_is_the_load_balancer_and_hosts_lists_every_host():
     def check(values: list) -> None:
         url, hosts, pem = values
         assert url == f"https://{ALB_DNS}"
-        assert hosts == [{"name": f"mlflow-test-{i}", **host_addresses(i)} for i in (1, 2, 3)]
+        assert hosts == [
+            {"name": f"mlflow-test-{i}", **host_addresses(i), "ssh_host_key": GENERATED_PUBLIC_KEY}
+            for i in (1, 2, 3)
+        ]
         assert pem == SELF_SIGNED_PEM
 
     # Two failed health checks 10 s apart and a margin: what the playbook waits around restarts.

@@ -49,8 +49,8 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
     ({"instanceType": "x2iedn.xlarge"}, "instanceType", "unknown instance family 'x2iedn'"),
     ({"instanceType": "c4.large"}, "instanceType", "unknown instance family 'c4'"),
     ({"instanceType": "medium"}, "instanceType", "unknown instance family"),
-    ({"os": "centos-7"}, "os", "choose one of ubuntu-24.04, debian-12"),
-    ({"os": "ubuntu-22.04"}, "os", "choose one of ubuntu-24.04, debian-12"),
+    ({"os": "centos-7"}, "os", "choose one of debian-13, ubuntu-24.04, debian-12"),
+    ({"os": "ubuntu-22.04"}, "os", "choose one of debian-13, ubuntu-24.04, debian-12"),
     ({"rootVolumeSize": 8}, "rootVolumeSize", "from 10 to 16384"),
     ({"rootVolumeSize": 20000}, "rootVolumeSize", "from 10 to 16384"),
     ({"rootVolumeSize": "big"}, "rootVolumeSize", "whole number"),
@@ -102,6 +102,32 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str, str]] = [
     ({"noncurrentVersionExpiryDays": 0}, "noncurrentVersionExpiryDays", "from 1 to 3650"),
     ({"forceDestroyArtifacts": "maybe"}, "forceDestroyArtifacts", "true or false"),
     ({"sshAllowedCidr": [OPERATOR_CIDR]}, "sshAllowedCidr", "unknown setting"),
+    ({"dbMaxAllocatedStorage": 20}, "dbMaxAllocatedStorage", "at least 10% above"),
+    ({"dbMaxAllocatedStorage": 21}, "dbMaxAllocatedStorage", "22 to 65536, or 0"),
+    (
+        {"dbAllocatedStorage": 200},  # the default ceiling (100) is now below the storage
+        "dbMaxAllocatedStorage",
+        "220 to 65536, or 0 to turn autoscaling off",
+    ),
+    ({"dbMaxAllocatedStorage": -1}, "dbMaxAllocatedStorage", "from 0 to 65536"),
+    ({"dbMaxAllocatedStorage": 70000}, "dbMaxAllocatedStorage", "from 0 to 65536"),
+    ({"dbMaxAllocatedStorage": "lots"}, "dbMaxAllocatedStorage", "whole number"),
+    ({"dbMultiAz": "yes"}, "dbMultiAz", "true or false"),
+    ({"dbMultiAz": 2}, "dbMultiAz", "true or false"),
+    ({"backupRetentionDays": 0}, "backupRetentionDays", "from 1 to 3650"),
+    ({"backupRetentionDays": 4000}, "backupRetentionDays", "from 1 to 3650"),
+    ({"backupRetentionDays": "a month"}, "backupRetentionDays", "whole number"),
+    ({"alarmEmail": "ops"}, "alarmEmail", "one e-mail address"),
+    ({"alarmEmail": "ops@localhost"}, "alarmEmail", "one e-mail address"),
+    ({"alarmEmail": "a@example.com,b@example.com"}, "alarmEmail", "no list"),
+    ({"alarmEmail": "Ops <ops@example.com>"}, "alarmEmail", "no name"),
+    ({"alarmEmail": "ops@exa mple.com"}, "alarmEmail", "one e-mail address"),
+    ({"tlsMode": "letsencrypt"}, "tlsMode", "choose one of acme, self-signed, files"),
+    ({"domain": "mlflow..example.com"}, "domain", "a lowercase DNS name"),
+    ({"hostedZoneId": "Z123"}, "hostedZoneId", "needs domain"),
+    ({"acmeDirectoryUrl": "http://acme.test/dir"}, "acmeDirectoryUrl", "an https:// URL"),
+    ({"acmeEmail": "ops at example"}, "acmeEmail", "not an e-mail address"),
+    ({"acmeProfile": "Short"}, "acmeProfile", "not a profile name"),
 ]
 
 
@@ -131,7 +157,7 @@ def test_defaults():
         ssh_allowed_cidrs=(OPERATOR_CIDR,),
         ssh_public_key=None,
         instance_type="t3.medium",
-        os="ubuntu-24.04",
+        os="debian-13",
         root_volume_size=20,
         vpc_cidr="10.0.0.0/16",
         db_instance_class="db.t4g.micro",
@@ -142,8 +168,12 @@ def test_defaults():
         artifact_prefix="mlflow-artifacts",
         noncurrent_version_expiry_days=30,
         force_destroy_artifacts=False,
+        db_max_allocated_storage=100,
+        db_multi_az=False,
+        backup_retention_days=35,
+        alarm_email=None,
     )
-    assert (settings.arch, settings.ssh_user) == ("x86_64", "ubuntu")
+    assert (settings.arch, settings.ssh_user) == ("x86_64", "admin")
 
 
 def test_settings_are_frozen():
@@ -187,6 +217,29 @@ def test_instance_memory_and_architecture(instance_type, memory_gib, arch):
 )
 def test_ssh_cidr_forms(given, expected):
     assert make_settings(sshAllowedCidrs=given).ssh_allowed_cidrs == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"dbMaxAllocatedStorage": 0, "dbAllocatedStorage": 500}, 0),
+        ({"dbMaxAllocatedStorage": 22}, 22),  # 10% above 20, rounded up
+        ({"dbMaxAllocatedStorage": "65536", "dbAllocatedStorage": 65536}, None),
+    ],
+)
+def test_storage_autoscaling_ceiling(values, expected):
+    if expected is None:
+        with pytest.raises(SettingsError, match="dbMaxAllocatedStorage"):
+            make_settings(**values)
+    else:
+        assert make_settings(**values).db_max_allocated_storage == expected
+
+
+def test_alarm_email_and_multi_az_from_config_strings():
+    settings = make_settings(alarmEmail="  ops+mlflow@example.co.uk ", dbMultiAz="true")
+    assert settings.alarm_email == "ops+mlflow@example.co.uk"
+    assert settings.db_multi_az is True
+    assert make_settings(alarmEmail="").alarm_email is None
 
 
 @pytest.mark.parametrize("key", [ED25519_KEY, RSA_KEY, f"  {ED25519_KEY}\n"])

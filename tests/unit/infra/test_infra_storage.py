@@ -90,13 +90,42 @@ def test_lifecycle_expires_noncurrent_versions_and_aborts_uploads():
         lifecycle = _bucket_config(
             res, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
         )
-        (rule,) = lifecycle["rules"]
+        (rule,) = [r for r in lifecycle["rules"] if r["id"] == "expire-noncurrent-versions"]
         assert rule["status"] == "Enabled"
         assert rule["filter"] == {}, "applies to the whole bucket"
         assert rule["noncurrentVersionExpiration"]["noncurrentDays"] == 90
         assert rule["abortIncompleteMultipartUpload"]["daysAfterInitiation"] == 7
 
     return after_registration(fresh_stack(noncurrentVersionExpiryDays=90), check)
+
+
+@pulumi.runtime.test
+def test_lifecycle_expires_database_backups_after_the_retention():
+    def check(res: Resources) -> None:
+        lifecycle = _bucket_config(
+            res, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+        )
+        (rule,) = [r for r in lifecycle["rules"] if r["id"] == "expire-database-backups"]
+        assert rule["status"] == "Enabled"
+        assert rule["filter"] == {"prefix": "backups/"}, "only the dumps, never artifacts"
+        assert rule["expiration"] == {"days": 35}
+        assert len(lifecycle["rules"]) == 2
+
+    return after_registration(fresh_stack(), check)
+
+
+@pulumi.runtime.test
+def test_backup_retention_follows_its_setting():
+    def check(res: Resources) -> None:
+        lifecycle = _bucket_config(
+            res, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+        )
+        (rule,) = [r for r in lifecycle["rules"] if r["id"] == "expire-database-backups"]
+        assert rule["expiration"] == {"days": 7}
+        artifacts = [r for r in lifecycle["rules"] if r is not rule]
+        assert all("expiration" not in r for r in artifacts), "artifacts never expire"
+
+    return after_registration(fresh_stack(backupRetentionDays=7), check)
 
 
 @pulumi.runtime.test

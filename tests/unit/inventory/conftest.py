@@ -60,6 +60,7 @@ def expected_host_vars() -> Callable[[Path, Path], dict[str, Any]]:
             "mlflow_aws_region": "eu-west-1",
             "mlflow_url": "https://ec2-203-0-113-10.eu-west-1.compute.amazonaws.com",
             "mlflow_drain_seconds": 0,
+            "mlflow_ssh_host_key": "",
         }
 
     return expected

@@ -341,3 +341,54 @@ def test_drain_seconds_passes_through_when_a_load_balancer_is_in_front(
 def test_drain_seconds_must_be_a_small_whole_number(outputs: dict[str, Any], bad: object) -> None:
     outputs["drain_seconds"] = bad
     assert "output 'drain_seconds' must be an integer from 0 to 600" in error_for(outputs)
+
+
+# ---------------------------------------------------------------- output `tls`
+
+
+def test_tls_output_becomes_the_roles_tls_variables(
+    outputs: dict[str, Any], tmp_path: Path
+) -> None:
+    outputs["tls"] = {
+        "mode": "acme",
+        "domain": "mlflow.example.com",
+        "acme_directory_url": "https://acme.example/dir",
+        "acme_email": "ops@example.com",
+        "acme_profile": "shortlived",
+    }
+    result = ps.validate_outputs(outputs, SOURCE)
+    host_vars = ps.build_host_vars(result, result.hosts[0], "dev", tmp_path, None)
+    assert {
+        k: v
+        for k, v in host_vars.items()
+        if k.startswith(("mlflow_tls", "mlflow_acme", "mlflow_domain"))
+    } == {
+        "mlflow_tls_mode": "acme",
+        "mlflow_domain": "mlflow.example.com",
+        "mlflow_acme_directory_url": "https://acme.example/dir",
+        "mlflow_acme_email": "ops@example.com",
+        "mlflow_acme_profile": "shortlived",
+    }
+
+
+def test_without_tls_output_the_roles_defaults_apply(
+    outputs: dict[str, Any], tmp_path: Path
+) -> None:
+    result = ps.validate_outputs(outputs, SOURCE)
+    host_vars = ps.build_host_vars(result, result.hosts[0], "dev", tmp_path, None)
+    assert not [
+        k for k in host_vars if k.startswith(("mlflow_tls", "mlflow_acme", "mlflow_domain"))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        ("acme", "output 'tls' must be an object, got a string"),
+        ({"mode": 1}, "output 'tls.mode' must be a string, got a number"),
+        ({"mod": "acme"}, "output 'tls' has unknown key(s) mod; known: mode, domain"),
+    ],
+)
+def test_bad_tls_output_is_named(outputs: dict[str, Any], tls: object, message: str) -> None:
+    outputs["tls"] = tls
+    assert message in error_for(outputs)

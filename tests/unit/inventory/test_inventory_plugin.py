@@ -417,3 +417,44 @@ def test_a_broken_source_fails_the_whole_inventory(
     monkeypatch.setattr(C, "INVENTORY_ANY_UNPARSED_IS_FAILED", True)
     with pytest.raises(Exception, match="Completely failed to parse inventory source"):
         load_inventory(write_config(outputs_file="../missing.json"))
+
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHn8MWxk0ZzCfVkXD1Q8vOnU5J2cO9kRNfBl5TlxiJ3k"
+NEW_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJQ2T7fC9Y4bX0Yg1mE3n8u3W0b8S1vP2y5oLzRkq7Tz"
+
+
+def test_generated_host_keys_are_pinned_before_the_first_connection(
+    write_config: WriteConfig, write_outputs: WriteOutputs, outputs: dict[str, Any], tmp_path: Path
+) -> None:
+    outputs["hosts"][0]["ssh_host_key"] = HOST_KEY + "\n"
+    write_outputs(outputs)
+    config = write_config(outputs_file="../outputs.json")
+    stack_dir = tmp_path / "creds" / "dev"
+
+    variables = host_vars(load_inventory(config), "mlflow-dev-1")
+
+    pinned = stack_dir / "pinned_host_keys"
+    assert pinned.read_text() == f"203.0.113.10 {HOST_KEY}\n"
+    assert stat.S_IMODE(pinned.stat().st_mode) == 0o600
+    assert variables["ansible_ssh_common_args"] == (
+        f"-o UserKnownHostsFile={pinned} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+    )
+    assert variables["mlflow_ssh_host_key"] == HOST_KEY
+
+    # A replaced instance: the outputs carry its new key, pinned on the next read, old one gone.
+    outputs["hosts"][0]["ssh_host_key"] = NEW_HOST_KEY
+    write_outputs(outputs)
+    load_inventory(config)
+    assert pinned.read_text() == f"203.0.113.10 {NEW_HOST_KEY}\n"
+
+
+@pytest.mark.parametrize("bad", ["AAAAC3Nza", "ssh-ed25519", "ssh-ed25519 AAAA AAAA", 42])
+def test_a_malformed_host_key_is_refused_naming_the_output(
+    write_config: WriteConfig, write_outputs: WriteOutputs, outputs: dict[str, Any], bad: Any
+) -> None:
+    outputs["hosts"][0]["ssh_host_key"] = bad
+    write_outputs(outputs)
+
+    message = parse_error(write_config(outputs_file="../outputs.json"))
+
+    assert "hosts[0].ssh_host_key" in message
