@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(BaseImage(debian=args.debian).ensure())
     elif command == "build-images":
         deps.require_ready()
-        for image in (BaseImage(debian=13), postgres_base(), BaseImage(debian=12)):
+        others = [BaseImage(debian=d) for d in SUITES if d != DEFAULT_DEBIAN]
+        for image in (BaseImage(debian=DEFAULT_DEBIAN), postgres_base(), *others):
             print(image.ensure())
     elif command == "status":
         report = {"slot": slot.number, "state": testbed.state(), "resources": testbed.leftovers()}

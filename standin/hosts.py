@@ -147,10 +147,15 @@ class Host:
         old_leader = self.leader_pid()
         start = time.monotonic()
         self.run(["systemctl", "reboot"], check=False)
+        self.wait_rebooted(old_leader, timeout)
+        return time.monotonic() - start
+
+    def wait_rebooted(self, old_leader: int | None, timeout: float = 60) -> None:
+        """Wait for a new PID 1, then SSH: `systemctl reboot` returns before the host goes down,
+        and until then SSH still answers from the old boot."""
         wait_for(f"{self.name} to reboot", lambda: self.leader_pid() not in (None, old_leader),
                  timeout)  # fmt: skip
         self.wait_ssh(timeout)
-        return time.monotonic() - start
 
     def remove(self) -> None:
         """Forget the host: stop it, drop its network, cgroups and files."""

@@ -14,7 +14,7 @@ import pytest
 from standin import HarnessError, Host, Slot, Testbed, deps, network
 from standin.network import IP_FORWARD
 from standin.slot import other_slots
-from standin.util import REPO_ROOT, wait_for
+from standin.util import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -172,9 +172,7 @@ def test_reboot_from_inside_over_ssh(testbed: Testbed) -> None:
     host = testbed.hosts[1]
     leader = host.leader_pid()
     host.ssh("sudo systemctl reboot", check=False)
-    # `systemctl reboot` returns before the host goes down: SSH may still answer from the old boot.
-    wait_for("a new PID 1", lambda: host.leader_pid() not in (None, leader), 60)
-    host.wait_ssh(60)
+    host.wait_rebooted(leader, 60)
     assert host.ssh("cat /proc/1/comm").stdout.strip() == "systemd"
 
 
